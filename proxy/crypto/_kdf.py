@@ -21,7 +21,10 @@ PURPOSES: dict[str, tuple[bytes, int]] = {
     "kcv": (b"veil/v1/key-check", 32),  # key-check value (HMAC, truncated)
     "body": (b"veil/v1/object-body", 32),  # AES-256-GCM segment key from an object data key
     "commit": (b"veil/v1/object-commit", 32),  # key commitment of an object data key
-    "upload": (b"veil/v1/upload-token", 64),  # AES-SIV sealing a multipart data key in an upload id
+    "root-wrap": (b"veil/v1/root-wrap", 64),  # AES-SIV: the local provider wraps version material
+    "local-copy": (b"veil/v1/local-copy", 32),  # AES-GCM: a sidecar's sealed keyring copy
+    "audit": (b"veil/v1/audit", 32),  # the first MAC key of an audit chain
+    "escrow": (b"veil/v1/escrow", 32),  # AES-GCM key of an escrow bundle
 }
 
 

@@ -80,7 +80,8 @@ class KeyLookup(Protocol):
     any reload they choose to attempt), and never return a key that must not decrypt.
     """
 
-    keyring_id: bytes
+    @property
+    def keyring_id(self) -> bytes: ...
 
     def decrypt_key(self, kind: KeyKind, class_id: int, version: int) -> VersionKey: ...
 
