@@ -114,6 +114,23 @@ def parse_header(value: bytes) -> tuple[int, bytes, int, int]:
     return fmt, ref, class_id, version
 
 
+def seal_small_at(
+    key: VersionKey, salt: bytes, counter: int, plaintext: bytes, context: bytes
+) -> bytes:
+    """The small envelope with an explicit salt and counter (frozen vectors, tests).
+
+    ``SmallSealer.seal`` produces exactly these bytes for its salt and counter; it only
+    caches the subkey and the header.
+    """
+    if len(salt) != SALT_LEN or not 0 <= counter < COUNTER_LIMIT:
+        raise ValueError("bad salt or counter")
+    ctr = counter.to_bytes(4, "big")
+    head = header(FORMAT_SMALL, key) + salt + ctr
+    return head + AESGCM(key.small_subkey(salt)).encrypt(
+        _NONCE_PAD + ctr, plaintext, head + context
+    )
+
+
 class SmallSealer:
     """Seals small values with one master version. One per (process, version); not shared.
 
