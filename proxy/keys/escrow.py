@@ -19,6 +19,7 @@ bundle restores data, not just that it decrypts.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -36,8 +37,18 @@ from proxy.crypto import _kdf
 from proxy.crypto.context import Role, value_context
 from proxy.crypto.envelope import Opener, SmallSealer, open_deterministic, seal_deterministic
 from proxy.crypto.keys import KeyKind, VersionKey
-from proxy.errors import AuthenticationError, ConfigError, KeyUnavailable, UsageError
+from proxy.errors import (
+    AuthenticationError,
+    ConfigError,
+    KeyUnavailable,
+    RefusedError,
+    StoreUnavailable,
+    UsageError,
+)
 from proxy.keys.model import Keyring, State, rfc3339
+from proxy.keys.providers import Provider, wrap_context
+from proxy.keys.runtime import merge
+from proxy.keys.stores import KeyringStore
 
 FORMAT = 1
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**17, 8, 1
@@ -274,3 +285,58 @@ def verify_contents(c: Contents) -> list[str]:
         except Exception:
             problems.append(f"{name}/{kind.value}/{version}: canary does not decrypt")
     return problems
+
+
+async def rewrap(
+    kr: Keyring, meta: bytes, materials: Mapping[Ref, bytes], provider: Provider
+) -> Keyring:
+    """The same keyring with every material (and the meta key) wrapped by ``provider``."""
+    classes = {}
+    for name, c in kr.classes.items():
+        for kind in KeyKind:
+            series = []
+            for v in c.series(kind):
+                material = materials.get((name, kind, v.version))
+                if v.wrapped is not None and material is None:
+                    raise UsageError(f"{name}/{kind.value}/{v.version}: material missing")
+                wrapped = (
+                    None
+                    if material is None
+                    else await provider.wrap(
+                        material, wrap_context(kr.keyring_id, c.id, kind.value, v.version)
+                    )
+                )
+                series.append(dataclasses.replace(v, wrapped=wrapped))
+            c = c.with_series(kind, tuple(series))
+        classes[name] = c
+    wrapped_meta = await provider.wrap(meta, wrap_context(kr.keyring_id, 0, "meta", 0))
+    return dataclasses.replace(kr, classes=classes, provider=provider.describe(), meta=wrapped_meta)
+
+
+async def restore(c: Contents, provider: Provider, store: KeyringStore, now: datetime) -> Keyring:
+    """Writes the bundle's keyring into ``store``, wrapped by ``provider`` (a new root key or
+    KMS key is fine). An existing copy of the same keyring is merged, never overwritten; a
+    different keyring in the store is refused."""
+    problems = verify_contents(c)
+    if problems:
+        raise RefusedError("bundle does not verify: " + "; ".join(problems))
+    kr = await rewrap(c.keyring, c.meta, c.materials, provider)
+    doc = await store.load()
+    if doc is None:
+        kr = dataclasses.replace(kr, revision=kr.revision + 1, updated=now)
+        expected = 0
+    else:
+        current = Keyring.from_json(doc)
+        if current.keyring_id != kr.keyring_id:
+            raise RefusedError(
+                f"the store holds another keyring ({current.keyring_id.hex()}); refusing to "
+                "overwrite it"
+            )
+        provider.check(current.provider)
+        merged = merge(current, kr, now)
+        if merged is None:
+            return current
+        kr, expected = merged, current.revision
+    if not await store.save(kr.to_json(), expected):
+        raise StoreUnavailable("the keyring changed during the restore; retry")
+    return kr

@@ -197,11 +197,22 @@ class RedisStore:
 
     def __init__(self, url: str) -> None:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RConnErr
+        from redis.exceptions import TimeoutError as RTimeout
 
         self.url = url
         parts = urlsplit(url)
         self._display = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"
-        self._r = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        # a restarted or failed-over Redis leaves dead pooled connections: retry on fresh ones
+        self._r = aioredis.Redis.from_url(
+            url,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            retry_on_error=[RConnErr, RTimeout],
+        )
 
     def __repr__(self) -> str:
         return f"RedisStore({self._display})"  # never the password in the URL
