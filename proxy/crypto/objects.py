@@ -225,6 +225,9 @@ class PartEncryptor:
     ``feed`` returns the segments that are complete *and known not to be last*; ``finish``
     returns the last segment. The last segment is thus withheld until the caller has seen the
     end of the body -- which is where it verifies payload hashes and checksums (SPEC 7).
+
+    Whole segments inside a fed chunk are sealed straight from it (no copy); only a partial
+    segment is buffered. Up to one segment is always held back, because it might be the last.
     """
 
     __slots__ = ("_aead", "_buf", "_index", "_part", "plaintext_bytes")
@@ -236,24 +239,30 @@ class PartEncryptor:
         self._buf = bytearray()
         self.plaintext_bytes = 0
 
+    def _seal(self, data: bytes | bytearray | memoryview) -> bytes:
+        seg = self._aead.encrypt(_NONCE.pack(self._part, self._index, 0), data, None)
+        self._index += 1
+        return seg
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        self.plaintext_bytes += len(data)
+        n = len(data)
+        self.plaintext_bytes += n
         buf = self._buf
-        buf += data
         out: list[bytes] = []
-        if len(buf) <= SEGMENT:
+        if len(buf) + n <= SEGMENT:
+            buf += data  # may be the last segment: hold it back
             return out
-        view = memoryview(buf)
+        view = memoryview(data)
         pos = 0
-        seal = self._aead.encrypt
-        while len(buf) - pos > SEGMENT:
-            out.append(
-                seal(_NONCE.pack(self._part, self._index, 0), view[pos : pos + SEGMENT], None)
-            )
-            self._index += 1
+        if buf:
+            pos = SEGMENT - len(buf)
+            buf += view[:pos]
+            out.append(self._seal(buf))  # more data follows, so not the last
+            buf.clear()
+        while n - pos > SEGMENT:
+            out.append(self._seal(view[pos : pos + SEGMENT]))
             pos += SEGMENT
-        view.release()
-        del buf[:pos]
+        buf += view[pos:]
         return out
 
     def finish(self) -> bytes:
@@ -376,31 +385,42 @@ class RangeDecryptor:
         return self._segs[0].stored_start, end.stored_start + end.stored_len - 1
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        buf = self._buf
-        buf += data
         out: list[bytes] = []
-        pos = 0
-        while self._next < len(self._segs) and len(buf) - pos >= self._segs[self._next].stored_len:
-            seg = self._segs[self._next]
-            view = memoryview(buf)[pos : pos + seg.stored_len]
-            try:
-                plain = self._aead.decrypt(
-                    segment_nonce(seg.part, seg.number, seg.last), view, None
-                )
-            except InvalidTag:
-                raise DecryptionFailed() from None
-            finally:
-                view.release()
-            pos += seg.stored_len
-            self._next += 1
-            lo = max(0, self._first - seg.plain_start)
-            hi = min(seg.plain_len, self._last - seg.plain_start + 1)
-            out.append(plain if lo == 0 and hi == seg.plain_len else plain[lo:hi])
-        if pos:
-            del buf[:pos]
-        if self._next == len(self._segs) and buf:
-            raise DecryptionFailed()
+        view = memoryview(data)
+        n, pos = len(view), 0
+        buf = self._buf
+        segs = self._segs
+        if buf:  # complete the segment that straddles the previous chunk
+            if self._next >= len(segs):
+                raise DecryptionFailed()
+            need = segs[self._next].stored_len - len(buf)
+            if n < need:
+                buf += view
+                return out
+            buf += view[:need]
+            pos = need
+            out.append(self._open(buf))
+            buf.clear()
+        while self._next < len(segs) and n - pos >= segs[self._next].stored_len:
+            end = pos + segs[self._next].stored_len
+            out.append(self._open(view[pos:end]))
+            pos = end
+        if pos < n:
+            if self._next >= len(segs):
+                raise DecryptionFailed()  # more bytes than the segments can hold
+            buf += view[pos:]
         return out
+
+    def _open(self, stored: bytes | bytearray | memoryview) -> bytes:
+        seg = self._segs[self._next]
+        try:
+            plain = self._aead.decrypt(segment_nonce(seg.part, seg.number, seg.last), stored, None)
+        except InvalidTag:
+            raise DecryptionFailed() from None
+        self._next += 1
+        lo = max(0, self._first - seg.plain_start)
+        hi = min(seg.plain_len, self._last - seg.plain_start + 1)
+        return plain if lo == 0 and hi == seg.plain_len else plain[lo:hi]
 
     def finish(self) -> None:
         if self._next != len(self._segs) or self._buf:
