@@ -19,8 +19,10 @@ Small values (format 0x01, 47 bytes of overhead)::
 The AES-GCM key is ``HKDF(version material, salt, "veil/v1/small" | keyring id | class | version)``
 for a salt drawn once per process (and again after 2^32 messages); the nonce is 8 zero bytes
 followed by the counter. A (key, nonce) pair repeats only if two salts collide; the bound is
-proved in docs/FORMAT.md. Associated data is ``header | salt | counter | context``, where
-``context`` (see ``context.py``) binds the namespace, the role and, for hash values, the field.
+proved in docs/FORMAT.md. The associated data is ``context`` (see ``context.py``: namespace,
+role and, for hash values, the field). Every header field is authenticated without being
+repeated in the associated data: keyring, class, version and salt are inputs of the subkey
+derivation and the counter is the nonce, so changing any of them changes the key or nonce.
 
 Deterministic values (format 0x02, 27 bytes of overhead)::
 
@@ -126,9 +128,7 @@ def seal_small_at(
         raise ValueError("bad salt or counter")
     ctr = counter.to_bytes(4, "big")
     head = header(FORMAT_SMALL, key) + salt + ctr
-    return head + AESGCM(key.small_subkey(salt)).encrypt(
-        _NONCE_PAD + ctr, plaintext, head + context
-    )
+    return head + AESGCM(key.small_subkey(salt)).encrypt(_NONCE_PAD + ctr, plaintext, context)
 
 
 class SmallSealer:
@@ -174,7 +174,7 @@ class SmallSealer:
             n = next(self._counter)
         ctr = n.to_bytes(4, "big")
         head = self._prefix + ctr
-        return head + self._aead.encrypt(_NONCE_PAD + ctr, plaintext, head + context)
+        return head + self._aead.encrypt(_NONCE_PAD + ctr, plaintext, context)
 
 
 class Opener:
@@ -201,8 +201,15 @@ class Opener:
             WrongKeyring, KeyUnavailable, UnsupportedFormat: clear, specific refusals.
         """
         tag = envelope[:4]
+        if tag == _SMALL_TAG and len(envelope) >= SMALL_OVERHEAD:
+            entry = self._cache.get(envelope[4:27]) or self._subkey(envelope)
+            try:
+                plaintext = entry[0].decrypt(_NONCE_PAD + envelope[27:31], envelope[31:], context)
+            except InvalidTag:
+                raise DecryptionFailed() from None
+            return plaintext, entry[1]
         if tag == _SMALL_TAG:
-            return self.open_small(envelope, context)
+            raise DecryptionFailed()
         if tag == _DET_TAG:
             return open_deterministic(self._keys, envelope, context)
         fmt, _, _, _ = parse_header(envelope)
@@ -216,9 +223,7 @@ class Opener:
             entry = self._subkey(envelope)
         aead, version = entry
         try:
-            plaintext = aead.decrypt(
-                _NONCE_PAD + envelope[27:31], envelope[31:], envelope[:31] + context
-            )
+            plaintext = aead.decrypt(_NONCE_PAD + envelope[27:31], envelope[31:], context)
         except InvalidTag:
             raise DecryptionFailed() from None
         return plaintext, version
