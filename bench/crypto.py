@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
-
-from proxy.crypto import (  # noqa: E402
+from proxy.crypto import (
     DataKey,
     KeyKind,
     Layout,
