@@ -30,13 +30,8 @@ from datetime import datetime, timedelta
 from protocols.s3.errors import S3Error
 from protocols.s3.head import RequestHead
 from protocols.s3.sigv2 import verify_presigned_v2
-from protocols.s3.sigv4 import (
-    MAX_SKEW,
-    CredentialsLookup,
-    Verified,
-    verify_header,
-    verify_presigned,
-)
+from protocols.s3.sigv4 import MAX_SKEW, CredentialsLookup, Verified
+from protocols.s3.verify import verify_header, verify_presigned
 
 Verifier = Callable[[RequestHead, CredentialsLookup, datetime, timedelta, str | None], Verified]
 
