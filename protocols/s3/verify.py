@@ -347,7 +347,9 @@ def _request_time(head: RequestHead) -> str:
     date = head.header("date")
     if date is not None:
         try:
-            return format_amz_date(parsedate_to_datetime(date))
+            moment = parsedate_to_datetime(date)
+            # "-0000" (what botocore's formatdate writes) parses as naive: it means UTC
+            return format_amz_date(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
         except (TypeError, ValueError):
             pass
     raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
