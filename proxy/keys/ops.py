@@ -12,7 +12,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from proxy.crypto import _kdf
@@ -20,7 +20,7 @@ from proxy.crypto.keys import KeyKind, VersionKey
 from proxy.errors import RefusedError, StoreUnavailable
 from proxy.keys import lifecycle
 from proxy.keys.lifecycle import Change, NewMaterial, Policy
-from proxy.keys.model import KeyClass, Keyring, State
+from proxy.keys.model import KeyClass, Keyring, State, rfc3339
 from proxy.keys.providers import Provider, wrap_context
 from proxy.keys.runtime import acknowledged, live_sidecars, utcnow
 from proxy.keys.stores import KeyringStore
@@ -180,6 +180,14 @@ class KeyOps:
     ) -> Change:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        if "heartbeats" not in self.store.features:
+            v = (await self.load()).cls(class_name).find(kind, version)
+            ready = None if v is None else v.created + timedelta(seconds=self.propagation_delay)
+            if ready is not None and ready > self.clock() + timedelta(seconds=wait):
+                raise RefusedError(
+                    f"version {version} can be promoted from {rfc3339(ready)}: this store "
+                    "carries no heartbeats, so promotion waits keys.propagation_delay"
+                )
         while True:
             kr = await self.load()
             v = kr.cls(class_name).find(kind, version)
