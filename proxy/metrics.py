@@ -21,8 +21,24 @@ from prometheus_client.registry import Collector
 OUTCOMES = ("ok", "error", "refused", "would_refuse")
 PROTOCOLS = ("resp", "s3")
 STORES = ("redis", "s3")
-DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DURATION_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 class FastHistogram:
@@ -59,8 +75,11 @@ class HotPath(Collector):
         self.durations = {p: FastHistogram() for p in PROTOCOLS}
 
     def collect(self) -> Iterator[Metric]:
-        req = CounterMetricFamily("veil_requests", "Requests by protocol, command and outcome",
-                                  labels=["protocol", "command", "outcome"])
+        req = CounterMetricFamily(
+            "veil_requests",
+            "Requests by protocol, command and outcome",
+            labels=["protocol", "command", "outcome"],
+        )
         for key, n in list(self.requests.items()):
             req.add_metric(list(key), n)
         yield req
@@ -72,9 +91,11 @@ class HotPath(Collector):
             for pair, count in list(data.items()):
                 fam.add_metric(list(pair), count)
             yield fam
-        dur = HistogramMetricFamily("veil_request_duration_seconds",
-                                    "Time from request to reply, as veil sees it",
-                                    labels=["protocol"])
+        dur = HistogramMetricFamily(
+            "veil_request_duration_seconds",
+            "Time from request to reply, as veil sees it",
+            labels=["protocol"],
+        )
         for protocol, h in self.durations.items():
             dur.add_metric([protocol], h.buckets(), h.sum)
         yield dur
@@ -89,45 +110,73 @@ class Metrics:
         self.hot = HotPath()
         r.register(self.hot)
         self.decrypt_failures = Counter(
-            "veil_decrypt_failures", "Decryption failures", ["store", "key_version", "reason"],
-            registry=r)
+            "veil_decrypt_failures",
+            "Decryption failures",
+            ["store", "key_version", "reason"],
+            registry=r,
+        )
         self.key_version_items = Gauge(
-            "veil_key_version_items", "Items per key version, as last counted by a scan",
-            ["store", "key_version"], registry=r)
+            "veil_key_version_items",
+            "Items per key version, as last counted by a scan",
+            ["store", "key_version"],
+            registry=r,
+        )
         self.reencrypt_items = Counter(
-            "veil_reencrypt_items", "Items re-encrypted by the migration",
-            ["store", "from_version", "to_version", "outcome"], registry=r)
+            "veil_reencrypt_items",
+            "Items re-encrypted by the migration",
+            ["store", "from_version", "to_version", "outcome"],
+            registry=r,
+        )
         self.reencrypt_progress = Gauge(
-            "veil_reencrypt_progress_ratio", "Progress of the current migration pass", ["store"],
-            registry=r)
+            "veil_reencrypt_progress_ratio",
+            "Progress of the current migration pass",
+            ["store"],
+            registry=r,
+        )
         self.kms_duration = Histogram(
-            "veil_kms_request_duration_seconds", "KMS call latency", ["provider", "op"],
-            registry=r)
-        self.kms_errors = Counter("veil_kms_errors", "KMS call failures", ["provider", "op"],
-                                  registry=r)
+            "veil_kms_request_duration_seconds", "KMS call latency", ["provider", "op"], registry=r
+        )
+        self.kms_errors = Counter(
+            "veil_kms_errors", "KMS call failures", ["provider", "op"], registry=r
+        )
         self.oldest_version_age = Gauge(
             "veil_oldest_key_version_in_use_age_seconds",
-            "Age (since creation) of the oldest key version still holding items", ["store"],
-            registry=r)
-        self.breaker_open = Gauge("veil_circuit_breaker_open", "1 while the breaker is open",
-                                  ["store"], registry=r)
-        self.keyring_versions = Gauge("veil_keyring_versions", "Key versions by state",
-                                      ["state"], registry=r)
-        self.keyring_revision = Gauge("veil_keyring_revision", "Loaded keyring revision",
-                                      registry=r)
-        self.keyring_reload = Gauge("veil_keyring_last_reload_timestamp_seconds",
-                                    "When the keyring was last read from its store", registry=r)
-        self.lazy_depth = Gauge("veil_lazy_queue_depth", "Items waiting for lazy re-encryption",
-                                ["store"], registry=r)
-        self.lazy_dropped = Counter("veil_lazy_queue_dropped", "Lazy re-encryptions dropped",
-                                    ["store"], registry=r)
-        self.nonce_budget = Gauge("veil_nonce_budget_used_ratio",
-                                  "Encryptions under a version over its nonce budget (2^48)",
-                                  ["key_version"], registry=r)
-        self.sidecars_live = Gauge("veil_sidecars_live", "Sidecars with a recent heartbeat",
-                                   registry=r)
-        self.audit_head = Gauge("veil_audit_head_seq", "Sequence number of the audit chain head",
-                                registry=r)
+            "Age (since creation) of the oldest key version still holding items",
+            ["store"],
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "veil_circuit_breaker_open", "1 while the breaker is open", ["store"], registry=r
+        )
+        self.keyring_versions = Gauge(
+            "veil_keyring_versions", "Key versions by state", ["state"], registry=r
+        )
+        self.keyring_revision = Gauge(
+            "veil_keyring_revision", "Loaded keyring revision", registry=r
+        )
+        self.keyring_reload = Gauge(
+            "veil_keyring_last_reload_timestamp_seconds",
+            "When the keyring was last read from its store",
+            registry=r,
+        )
+        self.lazy_depth = Gauge(
+            "veil_lazy_queue_depth", "Items waiting for lazy re-encryption", ["store"], registry=r
+        )
+        self.lazy_dropped = Counter(
+            "veil_lazy_queue_dropped", "Lazy re-encryptions dropped", ["store"], registry=r
+        )
+        self.nonce_budget = Gauge(
+            "veil_nonce_budget_used_ratio",
+            "Encryptions under a version over its nonce budget (2^48)",
+            ["key_version"],
+            registry=r,
+        )
+        self.sidecars_live = Gauge(
+            "veil_sidecars_live", "Sidecars with a recent heartbeat", registry=r
+        )
+        self.audit_head = Gauge(
+            "veil_audit_head_seq", "Sequence number of the audit chain head", registry=r
+        )
 
     def kms_observer(self, provider: str, op: str, seconds: float, error: bool) -> None:
         """A ``providers.KmsObserver``."""
