@@ -17,7 +17,8 @@ How they are produced (botocore 1.43, boto3 1.43):
   that boto3 sent to a local HTTPS capture server (self-signed certificate, 127.0.0.1, port 0)
   for ``put_object`` with the default checksum behaviour (aws-chunked,
   ``STREAMING-UNSIGNED-PAYLOAD-TRAILER``, CRC32 trailer) and for ``upload_fileobj`` of a
-  two-part multipart upload; bodies are stored zlib-compressed and base64-encoded.
+  two-part multipart upload; bodies are stored zlib-compressed and base64-encoded, and each
+  request keeps the time boto3 signed it at (``now``), since boto3 reads its own clock.
 """
 
 from __future__ import annotations
@@ -471,12 +472,13 @@ def captured_vectors() -> list[dict[str, Any]]:
         captured = []
         for name, run in runs:
             start = len(_Capture.requests)
-            with mock.patch(
-                "botocore.auth.get_current_datetime", return_value=NOW.replace(tzinfo=None)
-            ):
-                run()
+            run()
             for index, request in enumerate(_Capture.requests[start:]):
-                captured.append({"name": f"{name}-{index}", **request})
+                # boto3's signer reads its own clock: record the time it signed at
+                amz_date = next(v for n, v in request["headers"] if n.lower() == "x-amz-date")
+                signed_at = datetime.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ")
+                now = signed_at.replace(tzinfo=datetime.UTC).isoformat()
+                captured.append({"name": f"{name}-{index}", "now": now, **request})
         server.shutdown()
         server.server_close()
     return captured
