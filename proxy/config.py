@@ -1179,112 +1179,81 @@ class ConfigKey:
         return "VEIL_" + self.name.replace(".", "_").upper()
 
 
-def _table() -> dict[str, ConfigKey]:
-    none = None
-    rows: list[tuple[str, _Kind, object, str]] = [
-        ("redis.listen", _LISTEN, "127.0.0.1:6380", "RESP listener, or `off`"),
-        ("redis.upstream", _REDIS_URL, "redis://127.0.0.1:6379", "`rediss://` for TLS upstream"),
-        ("redis.encrypt", _GLOBS, ["*"], "key globs whose values are encrypted"),
-        (
-            "redis.plaintext",
-            _GLOBS,
-            [],
-            "key globs passed through; plaintext wins where both match",
-        ),
-        (
-            "redis.namespaces",
-            _NAMESPACES,
-            [],
-            "`[{pattern, name, drop_on_revoke}]`, first match wins",
-        ),
-        (
-            "redis.encrypt_channels",
-            _GLOBS,
-            [],
-            "pub/sub channel globs whose messages are encrypted",
-        ),
-        (
-            "redis.deterministic_lists",
-            _GLOBS,
-            [],
-            "key globs whose list elements are deterministic",
-        ),
-        (
-            "redis.deterministic_fields",
-            _GLOBS,
-            [],
-            "key globs whose hash field names are deterministic",
-        ),
-        ("redis.legacy_plaintext", _LEGACY, "refuse", "`allow` while onboarding an existing Redis"),
-        ("redis.mode", _MODE, "enforce", "`observe`: pass through, count `would_refuse`"),
-        ("redis.allowed_scripts", _SHA1S, [], "SHA1s of Lua scripts whose keys are all plaintext"),
-        ("redis.allow_flush", _BOOL, False, "FLUSHALL/FLUSHDB refused unless true"),
-        ("redis.tls_cert", _FILE, none, "TLS certificate (PEM) of the RESP listener"),
-        ("redis.tls_key", _FILE, none, "its private key (PEM)"),
-        ("redis.tls_client_ca", _FILE, none, "CA (PEM) client certificates must chain to"),
-        (
-            "s3.listen",
-            _LISTEN,
-            "127.0.0.1:9000",
-            "S3 listener, or `off`; off if left without upstream",
-        ),
-        ("s3.upstream", _HTTP, none, "upstream S3 endpoint, `http(s)://host[:port]`"),
-        ("s3.region", _REGION, "us-east-1", "region of client and upstream signatures"),
-        ("s3.access_key", _ACCESS, none, "the access key clients sign with"),
-        ("s3.secret_key", _SECRET, none, "its secret key"),
-        ("s3.credentials", _CREDENTIALS, [], "more client pairs `[{access_key, secret_key}]`"),
-        (
-            "s3.upstream_access_key",
-            _ACCESS,
-            none,
-            "what veil signs upstream with (none: AWS chain)",
-        ),
-        ("s3.upstream_secret_key", _SECRET, none, "its secret key"),
-        ("s3.legacy_plaintext", _LEGACY, "refuse", "as for Redis, for objects without metadata"),
-        ("s3.single_put_buffer", _SIZE, "8MiB", "single PUTs up to this size are buffered"),
-        ("s3.list_plaintext_etags", _BOOL, False, "one HEAD per listed object for plaintext ETags"),
-        ("s3.allow_unaligned_parts", _BOOL, False, "accept parts that are not 64 KiB multiples"),
-        ("s3.tls_cert", _FILE, none, "TLS certificate (PEM) of the S3 listener"),
-        ("s3.tls_key", _FILE, none, "its private key (PEM)"),
-        ("keys.provider", _PROVIDER, "local", "`aws-kms` needs `keys.kms_key_id`"),
-        ("keys.store", _STORE, "file:./veil-keyring.json", "`file:<path>` or `redis(s)://...`"),
-        ("keys.root_key_file", _PATH, "./veil-root.key", "or `VEIL_KEYS_ROOT_KEY` holds the key"),
-        ("keys.rotation_period", _PERIOD, "90d", "scheduled rotation, from activation"),
-        ("keys.grace_period", _DURATION, "7d", "a retired version is revoked no sooner"),
-        ("keys.propagation_delay", _DURATION, "5m", "promotion wait without heartbeats"),
-        ("keys.heartbeat_interval", _PERIOD, "5s", "sidecar heartbeats"),
-        ("keys.max_keyring_age", _PERIOD, "10m", "an older keyring stops encrypting"),
-        ("keys.cache_ttl", _PERIOD, "5m", "re-validate unwrapped keys this often"),
-        ("keys.max_stale", _DURATION, "24h", "keep serving this long while the KMS is down"),
-        ("keys.max_live_versions", _VERSIONS, 8, "no new version while this many are alive"),
-        ("keys.index_rotation_period", _PERIOD, "365d", "the deterministic index keyring"),
-        ("keys.auto_revoke", _BOOL, False, "revoke retired versions after grace and completion"),
-        ("keys.destroy_min_age", _DURATION, "30d", "never destroy younger versions"),
-        ("keys.sidecar_id", _SIDECAR, "", "empty: `hostname-pid`, chosen at run time"),
-        ("keys.local_copy", _PATH, "./.veil-keyring.sealed", "sealed local copy of the keyring"),
-        ("keys.promote_timeout", _PERIOD, "2m", "`keys promote` waits this long for acks"),
-        ("keys.kms_key_id", _TEXT, none, "AWS KMS key id or ARN"),
-        ("keys.kms_region", _REGION, "us-east-1", "AWS KMS region"),
-        ("keys.kms_endpoint", _HTTP, none, "AWS KMS endpoint (none: AWS's own)"),
-        ("keys.escrow_recipient", _X25519, none, "escrow on every keyring change to this key"),
-        ("keys.escrow_dir", _PATH, none, "where those escrow bundles are written"),
-        ("keys.classes", _CLASSES, [], "`[[keys.classes]]`; `default` always exists"),
-        ("reencrypt.rate", _RATE, 500, "items per second"),
-        ("reencrypt.concurrency", _WORKERS, 4, "workers"),
-        ("reencrypt.batch", _BATCH, 100, "scan batch (SCAN COUNT, ListObjectsV2 page)"),
-        ("reencrypt.lease_ttl", _PERIOD, "30s", "migration lease"),
-        ("reencrypt.breaker_threshold", _THRESHOLD, 20, "decrypt failures per window that pause"),
-        ("reencrypt.breaker_window", _PERIOD, "60s", "the breaker's window"),
-        ("admin.listen", _LISTEN, "127.0.0.1:9090", "admin API; off loopback needs TLS and tokens"),
-        ("admin.tokens", _TOKENS, {}, '`{name = "token"}`, 16+ characters; name = audit actor'),
-        ("admin.tls_cert", _FILE, none, "TLS certificate (PEM); mandatory off loopback"),
-        ("admin.tls_key", _FILE, none, "its private key (PEM)"),
-        ("audit.path", _AUDIT, "./veil-audit.jsonl", "audit log (JSON lines), or `stdout`"),
-    ]
-    return {name: ConfigKey(name, kind, default, doc) for name, kind, default, doc in rows}
+_ROWS: list[tuple[str, _Kind, object, str]] = [
+    ("redis.listen", _LISTEN, "127.0.0.1:6380", "RESP listener, or `off`"),
+    ("redis.upstream", _REDIS_URL, "redis://127.0.0.1:6379", "`rediss://` for TLS upstream"),
+    ("redis.encrypt", _GLOBS, ["*"], "key globs whose values are encrypted"),
+    ("redis.plaintext", _GLOBS, [], "key globs passed through; plaintext wins where both match"),
+    ("redis.namespaces", _NAMESPACES, [], "`[{pattern, name, drop_on_revoke}]`, first match wins"),
+    ("redis.encrypt_channels", _GLOBS, [], "pub/sub channel globs whose messages are encrypted"),
+    ("redis.deterministic_lists", _GLOBS, [], "key globs whose list elements are deterministic"),
+    (
+        "redis.deterministic_fields",
+        _GLOBS,
+        [],
+        "key globs whose hash field names are deterministic",
+    ),
+    ("redis.legacy_plaintext", _LEGACY, "refuse", "`allow` while onboarding an existing Redis"),
+    ("redis.mode", _MODE, "enforce", "`observe`: pass through, count `would_refuse`"),
+    ("redis.allowed_scripts", _SHA1S, [], "SHA1s of Lua scripts whose keys are all plaintext"),
+    ("redis.allow_flush", _BOOL, False, "FLUSHALL/FLUSHDB refused unless true"),
+    ("redis.tls_cert", _FILE, None, "TLS certificate (PEM) of the RESP listener"),
+    ("redis.tls_key", _FILE, None, "its private key (PEM)"),
+    ("redis.tls_client_ca", _FILE, None, "CA (PEM) client certificates must chain to"),
+    ("s3.listen", _LISTEN, "127.0.0.1:9000", "S3 listener, or `off`; off if left without upstream"),
+    ("s3.upstream", _HTTP, None, "upstream S3 endpoint, `http(s)://host[:port]`"),
+    ("s3.region", _REGION, "us-east-1", "region of client and upstream signatures"),
+    ("s3.access_key", _ACCESS, None, "the access key clients sign with"),
+    ("s3.secret_key", _SECRET, None, "its secret key"),
+    ("s3.credentials", _CREDENTIALS, [], "more client pairs `[{access_key, secret_key}]`"),
+    ("s3.upstream_access_key", _ACCESS, None, "what veil signs upstream with (none: AWS chain)"),
+    ("s3.upstream_secret_key", _SECRET, None, "its secret key"),
+    ("s3.legacy_plaintext", _LEGACY, "refuse", "as for Redis, for objects without metadata"),
+    ("s3.single_put_buffer", _SIZE, "8MiB", "single PUTs up to this size are buffered"),
+    ("s3.list_plaintext_etags", _BOOL, False, "one HEAD per listed object for plaintext ETags"),
+    ("s3.allow_unaligned_parts", _BOOL, False, "accept parts that are not 64 KiB multiples"),
+    ("s3.tls_cert", _FILE, None, "TLS certificate (PEM) of the S3 listener"),
+    ("s3.tls_key", _FILE, None, "its private key (PEM)"),
+    ("keys.provider", _PROVIDER, "local", "`aws-kms` needs `keys.kms_key_id`"),
+    ("keys.store", _STORE, "file:./veil-keyring.json", "`file:<path>` or `redis(s)://...`"),
+    ("keys.root_key_file", _PATH, "./veil-root.key", "or `VEIL_KEYS_ROOT_KEY` holds the key"),
+    ("keys.rotation_period", _PERIOD, "90d", "scheduled rotation, from activation"),
+    ("keys.grace_period", _DURATION, "7d", "a retired version is revoked no sooner"),
+    ("keys.propagation_delay", _DURATION, "5m", "promotion wait without heartbeats"),
+    ("keys.heartbeat_interval", _PERIOD, "5s", "sidecar heartbeats"),
+    ("keys.max_keyring_age", _PERIOD, "10m", "an older keyring stops encrypting"),
+    ("keys.cache_ttl", _PERIOD, "5m", "re-validate unwrapped keys this often"),
+    ("keys.max_stale", _DURATION, "24h", "keep serving this long while the KMS is down"),
+    ("keys.max_live_versions", _VERSIONS, 8, "no new version while this many are alive"),
+    ("keys.index_rotation_period", _PERIOD, "365d", "the deterministic index keyring"),
+    ("keys.auto_revoke", _BOOL, False, "revoke retired versions after grace and completion"),
+    ("keys.destroy_min_age", _DURATION, "30d", "never destroy younger versions"),
+    ("keys.sidecar_id", _SIDECAR, "", "empty: `hostname-pid`, chosen at run time"),
+    ("keys.local_copy", _PATH, "./.veil-keyring.sealed", "sealed local copy of the keyring"),
+    ("keys.promote_timeout", _PERIOD, "2m", "`keys promote` waits this long for acks"),
+    ("keys.kms_key_id", _TEXT, None, "AWS KMS key id or ARN"),
+    ("keys.kms_region", _REGION, "us-east-1", "AWS KMS region"),
+    ("keys.kms_endpoint", _HTTP, None, "AWS KMS endpoint (none: AWS's own)"),
+    ("keys.escrow_recipient", _X25519, None, "escrow on every keyring change to this key"),
+    ("keys.escrow_dir", _PATH, None, "where those escrow bundles are written"),
+    ("keys.classes", _CLASSES, [], "`[[keys.classes]]`; `default` always exists"),
+    ("reencrypt.rate", _RATE, 500, "items per second"),
+    ("reencrypt.concurrency", _WORKERS, 4, "workers"),
+    ("reencrypt.batch", _BATCH, 100, "scan batch (SCAN COUNT, ListObjectsV2 page)"),
+    ("reencrypt.lease_ttl", _PERIOD, "30s", "migration lease"),
+    ("reencrypt.breaker_threshold", _THRESHOLD, 20, "decrypt failures per window that pause"),
+    ("reencrypt.breaker_window", _PERIOD, "60s", "the breaker's window"),
+    ("admin.listen", _LISTEN, "127.0.0.1:9090", "admin API; off loopback needs TLS and tokens"),
+    ("admin.tokens", _TOKENS, {}, '`{name = "token"}`, 16+ characters; name = audit actor'),
+    ("admin.tls_cert", _FILE, None, "TLS certificate (PEM); mandatory off loopback"),
+    ("admin.tls_key", _FILE, None, "its private key (PEM)"),
+    ("audit.path", _AUDIT, "./veil-audit.jsonl", "audit log (JSON lines), or `stdout`"),
+]
 
 
-KEYS: Mapping[str, ConfigKey] = types.MappingProxyType(_table())
+KEYS: Mapping[str, ConfigKey] = types.MappingProxyType(
+    {name: ConfigKey(name, kind, default, doc) for name, kind, default, doc in _ROWS}
+)
 """Every configuration key, in documentation order."""
 
 SPECIAL_ENV: Mapping[str, str] = types.MappingProxyType(
@@ -1523,7 +1492,9 @@ def _read_toml(path: str) -> dict[str, Any]:
 def _exposed_secrets(path: str, data: Mapping[str, Any]) -> list[str]:
     secret_keys = {"s3.secret_key", "s3.upstream_secret_key", "s3.credentials", "admin.tokens"}
     present = {f"{s}.{k}" for s, t in data.items() if isinstance(t, dict) for k in t}
-    if not present & secret_keys or os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO) == 0:
+    urls = [data.get("redis", {}).get("upstream"), data.get("keys", {}).get("store")]
+    secret = bool(present & secret_keys) or any(isinstance(u, str) and "@" in u for u in urls)
+    if not secret or os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO) == 0:
         return []
     return [f"{path} holds secrets and is readable by other users (chmod 600 it)"]
 
@@ -1585,4 +1556,34 @@ def reference_markdown() -> str:
                 lines.append(f"| {row} |")
     lines += ["", "## Other environment variables", "", "| variable | meaning |", "|---|---|"]
     lines += [f"| `{name}` | {doc} |" for name, doc in SPECIAL_ENV.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *_RULES]) + "\n"
+
+
+_RULES = """
+## Globs
+
+`redis.encrypt`, `redis.plaintext`, `redis.namespaces[].pattern`, `redis.encrypt_channels`
+and `redis.deterministic_*` are Redis globs on the key's bytes, as `KEYS` and `SCAN MATCH` use
+them: `*`, `?` (one byte), `[abc]`, `[^abc]`, `[a-z]`, `\\x` (a literal x); an unclosed `[`
+runs to the end of the pattern. Two differences: `*` matches the empty key (as `KEYS *` does),
+and range ends compare as unsigned bytes. `keys.classes[].s3_buckets` are shell globs
+(fnmatch: `*`, `?`, `[seq]`, `[!seq]`).
+
+## Key classes and namespaces
+
+A Redis key's namespace is the first `redis.namespaces` entry whose pattern matches it, else
+`default`. A class lists the namespaces (names from `redis.namespaces`, or `default`) and the
+bucket globs it protects; each belongs to one class at most, and everything unlisted is in
+class `default`, which always exists (list it to set its periods). A bucket matching globs of
+several classes takes the first class listed. Periods default to `keys.rotation_period` and
+`keys.grace_period`. At most 255 classes.
+
+## Rules between keys
+
+- `tls_cert` and `tls_key` come in pairs; `redis.tls_client_ca` needs them.
+- `admin.listen` off loopback needs `admin.tls_cert`, `admin.tls_key` and a token.
+- The S3 listener needs `s3.upstream` and client credentials; left at its default address
+  with no upstream configured, it is off (a start-up warning says so).
+- `keys.provider = "aws-kms"` needs `keys.kms_key_id`; `keys.escrow_recipient` and
+  `keys.escrow_dir` come together; `keys.max_keyring_age` exceeds `keys.heartbeat_interval`.
+- Two listeners never share a port.""".split("\n")
