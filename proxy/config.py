@@ -82,6 +82,7 @@ __all__ = [
     "load_settings",
     "parse_duration",
     "parse_listen",
+    "parse_redis_url",
     "parse_settings",
     "parse_size",
     "redis_glob_match",
