@@ -1,4 +1,4 @@
-"""AWS Signature Version 4 for S3: the pure stages, verification of clients, signing upstream.
+"""AWS Signature Version 4 for S3: the shared types, the pure stages, and upstream signing.
 
 Theory of operation
 -------------------
