@@ -165,7 +165,7 @@ async def test_promote_waits_for_acknowledgement(file_ops: KeyOps, clock: Clock)
     file_ops.propagation_delay = 300
     await file_ops.init([])
     await file_ops.rotate("default")
-    with pytest.raises(RefusedError, match="acknowledged"):
+    with pytest.raises(RefusedError, match="can be promoted from 2026-01-01T00:05:00Z"):
         await file_ops.promote("default", 2)
     clock.advance(seconds=301)
     assert states((await file_ops.promote("default", 2)).keyring)[2] == "active"
