@@ -26,13 +26,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from proxy import cli_keys
+    from proxy import cli_keys, cli_serve
 
     parser = _Parser(prog="veil", description="Transparent encrypting sidecar for Redis and S3.")
     parser.add_argument("-c", "--config", help="config file (default: $VEIL_CONFIG or ./veil.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     cli_keys.register(sub)
+    cli_serve.register(sub)
     return parser
 
 
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         settings = load_settings(args.config)  # `veil serve` reports settings.warnings
+        if getattr(args, "event_loop", None) == "uvloop":
+            return _run_uvloop(handler(args, settings))
         return asyncio.run(handler(args, settings))
     except VeilError as e:
         print(f"veil: {e.message}", file=sys.stderr)
@@ -59,6 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"veil: internal error ({type(e).__name__}); rerun with -v for details", file=sys.stderr
         )
         return 1
+
+
+def _run_uvloop(coro: Coroutine[Any, Any, int]) -> int:
+    """uvloop when installed (10-30% less CPU per command, PERF-NOTES), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 if __name__ == "__main__":

@@ -166,3 +166,40 @@ def moto_server() -> Iterator[MotoServer]:
     wait_port(port)
     yield MotoServer(port, server)
     server.stop()
+
+
+# --- veil itself ----------------------------------------------------------------------------
+
+
+def veil_settings(tmp: Path, **sections: dict[str, object]) -> object:
+    """Settings for an in-process veil in ``tmp``: local keyring there, every listener on a
+    free port (``off`` unless a test asks for it), audit log in ``tmp``."""
+    from proxy.config import parse_settings
+
+    data: dict[str, dict[str, object]] = {
+        "redis": {"listen": "off"},
+        "s3": {"listen": "off"},
+        "admin": {"listen": f"127.0.0.1:{free_port()}"},
+        "keys": {
+            "store": f"file:{tmp / 'keyring.json'}",
+            "root_key_file": str(tmp / "root.key"),
+            "local_copy": str(tmp / "keyring.sealed"),
+            "propagation_delay": "0s",
+        },
+        "audit": {"path": str(tmp / "audit.jsonl")},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_settings(data, {})
+
+
+async def init_keyring(settings: object) -> None:
+    """``veil keys init`` for these settings, in-process."""
+    from proxy import wiring
+
+    s = settings  # Settings
+    store = wiring.build_store(s.keys)  # type: ignore[attr-defined]
+    provider = wiring.build_provider(s.keys, create_root=True)  # type: ignore[attr-defined]
+    ops = wiring.build_ops(s, store, provider)  # type: ignore[arg-type]
+    await ops.init([c.name for c in s.keys.classes])  # type: ignore[attr-defined]
+    await store.close()

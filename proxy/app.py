@@ -1,0 +1,206 @@
+"""The composition root: builds every long-lived object once and passes it down (STYLE habit 6).
+
+``App.start()`` hardens the process, loads the keyring (``KeyringRuntime``), opens the audit
+chain, starts the keyring loop (heartbeats, reloads, re-validation) and then every configured
+listener -- RESP, S3 (each a module with ``async def start(ctx) -> Listener``) and the admin API.
+``App.stop()`` closes listeners first (no new requests), lets in-flight requests finish within a
+deadline, then stops the background tasks. Nothing here runs per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from proxy import harden, wiring
+from proxy.audit import AuditLog
+from proxy.config import Settings
+from proxy.keys.keyset import KeySet
+from proxy.keys.model import State
+from proxy.keys.runtime import KeyringRuntime
+from proxy.keys.stores import KeyringStore
+from proxy.metrics import Metrics
+
+log = logging.getLogger("veil")
+
+
+class Listener(Protocol):
+    """What a listener module's ``start(ctx)`` returns."""
+
+    name: str
+    address: tuple[str, int]  # the bound address (port 0 in config -> the real port here)
+
+    async def ready(self) -> bool:
+        """Readiness: the listener's upstream is reachable."""
+        ...
+
+    async def close(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish within ``grace`` seconds."""
+        ...
+
+
+StartFn = Callable[["Context"], Coroutine[Any, Any, Listener]]
+
+# listener name -> "module:function"; imported only when the listener is configured
+LISTENERS: Mapping[str, str] = {
+    "resp": "proxy.redis.server:start",
+    "s3": "proxy.s3.server:start",
+    "admin": "proxy.admin.http:start",
+}
+
+
+@dataclass
+class Context:
+    """Everything a listener may use. Built once by ``App``; never a global."""
+
+    settings: Settings
+    runtime: KeyringRuntime
+    metrics: Metrics
+    store: KeyringStore
+    audit: Callable[[dict[str, Any]], None]
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    listeners: dict[str, Listener] = field(default_factory=dict)
+
+
+async def ready(ctx: Context) -> bool:
+    """Readiness (SPEC 9): keyring loaded and fresh, every listener's upstream reachable."""
+    if not ctx.runtime.loaded or ctx.runtime.is_stale():
+        return False
+    for name, listener in list(ctx.listeners.items()):
+        if name != "admin" and not await listener.ready():
+            return False
+    return True
+
+
+def _load(ref: str) -> StartFn:
+    module, _, fn = ref.partition(":")
+    start: StartFn = getattr(importlib.import_module(module), fn)
+    return start
+
+
+def _enabled(settings: Settings) -> list[str]:
+    wanted = {
+        "resp": settings.redis.listen is not None,
+        "s3": settings.s3.listen is not None,
+        "admin": settings.admin.listen is not None,
+    }
+    return [name for name in LISTENERS if wanted[name]]
+
+
+class App:
+    def __init__(self, settings: Settings, starters: Mapping[str, StartFn] | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self._starters = starters
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ctx: Context | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> Context:
+        s = self.settings
+        for line in (harden.disable_core_dumps(), harden.lock_memory()[1]):
+            log.info("%s", line)
+        for warning in s.warnings:
+            log.warning("%s", warning)
+        store = wiring.build_store(s.keys)
+        provider = wiring.build_provider(s.keys, self.metrics.kms_observer)
+        audit_box: list[AuditLog] = []
+
+        def audit(event: dict[str, Any]) -> None:
+            if audit_box:
+                audit_box[0].append(event, str(event.get("actor", "veil")))
+                self.metrics.audit_head.set(audit_box[0].seq - 1)
+
+        runtime = wiring.build_runtime(s, store, provider, on_event=audit)
+        runtime.listeners.append(self._on_keyring)
+        await runtime.start()
+        assert runtime.meta_key is not None
+        chain = AuditLog(s.audit.path, runtime.sidecar_id, runtime.meta_key)
+        audit_box.append(chain)
+        audit(
+            {
+                "event": "sidecar.started",
+                "revision": runtime.keyset.revision,
+                "store": store.url,
+                "features": sorted(store.features),
+            }
+        )
+        self._on_keyring(runtime.keyset)
+        ctx = Context(s, runtime, self.metrics, store, audit)
+        self.ctx = ctx
+        await runtime.heartbeat()
+        self._tasks.append(asyncio.create_task(runtime.run(), name="veil-keyring"))
+        self._tasks.append(asyncio.create_task(self._anchor_loop(chain, store), name="veil-anchor"))
+        for name in _enabled(s):
+            start = (self._starters or {}).get(name) or _load(LISTENERS[name])
+            listener = await start(ctx)
+            ctx.listeners[name] = listener
+            log.info("%s listening on %s:%d", name, *listener.address)
+        return ctx
+
+    def _on_keyring(self, ks: KeySet) -> None:
+        m = self.metrics
+        m.keyring_revision.set(ks.revision)
+        m.keyring_reload.set(ks.loaded_at.timestamp())
+        counts = dict.fromkeys(State, 0)
+        for _, _, v in ks.keyring.all_versions():
+            counts[v.state] += 1
+        for state, n in counts.items():
+            m.keyring_versions.labels(state.value).set(n)
+
+    async def _anchor_loop(self, chain: AuditLog, store: KeyringStore) -> None:
+        """Publishes the audit chain head every minute (SPEC 11)."""
+        while True:
+            await asyncio.sleep(60)
+            with contextlib.suppress(Exception):
+                await store.put_state(f"audit-anchor:{chain.sidecar_id}", chain.anchor())
+
+    async def ready(self) -> bool:
+        return self.ctx is not None and await ready(self.ctx)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        ctx = self.ctx
+        if ctx is not None:
+            ctx.audit({"event": "sidecar.stopping"})
+            for name in ("resp", "s3", "admin"):
+                listener = ctx.listeners.pop(name, None)
+                if listener is not None:
+                    await listener.close(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if ctx is not None:
+            await ctx.runtime.provider.close()
+            await ctx.store.close()
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        """``veil serve``: run until SIGTERM/SIGINT; SIGHUP reloads the keyring."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload()))
+        await self.start()
+        await stop.wait()
+        await self.stop()
+
+    async def _reload(self) -> None:
+        if self.ctx is not None:
+            try:
+                await self.ctx.runtime.reload()
+                log.warning(
+                    "keyring reloaded on SIGHUP (revision %d)", self.ctx.runtime.keyset.revision
+                )
+            except Exception as e:
+                log.error("keyring reload failed: %s", e)

@@ -1,0 +1,24 @@
+"""``veil serve``: run the sidecar until SIGTERM/SIGINT (SIGHUP reloads the keyring)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from proxy.app import App
+from proxy.config import Settings
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the sidecar: RESP, S3 and admin listeners",
+        description="Run the sidecar: the RESP listener, the S3 listener (each can "
+        "be `off`) and the admin listener.",
+    )
+    p.set_defaults(handler=serve, event_loop="uvloop")
+
+
+async def serve(args: argparse.Namespace, settings: Settings) -> int:
+    await App(settings).serve_forever()
+    return 0
