@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from proxy import cli_keys, cli_serve
+    from proxy import cli_audit, cli_keys, cli_serve
 
     parser = _Parser(prog="veil", description="Transparent encrypting sidecar for Redis and S3.")
     parser.add_argument("-c", "--config", help="config file (default: $VEIL_CONFIG or ./veil.toml)")
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     cli_keys.register(sub)
     cli_serve.register(sub)
+    cli_audit.register(sub)
     return parser
 
 
@@ -56,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `veil ... | head`: the reader left; not an error worth a line
+        return 0
     except Exception as e:  # internal: name the type, never a value
         logging.getLogger("veil").debug("internal error", exc_info=True)
         print(

@@ -58,6 +58,10 @@ class KeyringStore(Protocol):
 
     async def put_state(self, name: str, value: Mapping[str, Any]) -> None: ...
 
+    async def list_state(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Every state entry whose name starts with ``prefix`` (audit anchors, checkpoints)."""
+        ...
+
     async def warnings(self) -> list[str]: ...
 
     async def close(self) -> None: ...
@@ -167,6 +171,10 @@ class FileStore:
 
     async def put_state(self, name: str, value: Mapping[str, Any]) -> None:
         self._update_state(name, dict(value))
+
+    async def list_state(self, prefix: str) -> dict[str, dict[str, Any]]:
+        state = self._read(self._state_path) or {}
+        return {k: v for k, v in state.items() if k.startswith(prefix) and isinstance(v, dict)}
 
     async def warnings(self) -> list[str]:
         return []
@@ -299,6 +307,15 @@ class RedisStore:
 
     async def put_state(self, name: str, value: Mapping[str, Any]) -> None:
         await self._do(self._r.set(f"__veil__:state:{name}", json.dumps(value, sort_keys=True)))
+
+    async def list_state(self, prefix: str) -> dict[str, dict[str, Any]]:
+        base = "__veil__:state:"
+        out: dict[str, dict[str, Any]] = {}
+        async for key in self._r.scan_iter(match=f"{base}{prefix}*", count=500):
+            raw = await self._do(self._r.get(key))
+            if raw is not None:
+                out[key.decode()[len(base) :]] = json.loads(raw)
+        return out
 
     async def warnings(self) -> list[str]:
         """What about this Redis could lose the keyring (SPEC 4). Best effort: managed Redis
