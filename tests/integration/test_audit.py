@@ -27,7 +27,7 @@ def lines(path: Path) -> list[str]:
 
 
 def test_clean_log_verifies_with_anchors(logged: tuple[Veil, Path]) -> None:
-    veil, path = logged
+    veil, _ = logged
     out = veil("audit", "verify", "--anchors").stdout
     assert "anchors checked" in out
     body = json.loads(veil("audit", "verify", "--json").stdout)
