@@ -1,0 +1,586 @@
+"""RESP decoders: ``RequestDecoder`` (client side) and ``ReplyDecoder`` (upstream side).
+
+See ``protocols.resp`` for the theory of operation; this module holds the parsers.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from typing import Final, Generic, TypeVar, cast
+
+from protocols._resp_values import (
+    CLIENT_LIMITS,
+    DOUBLE_RE,
+    NEED_DATA,
+    NULL_ARRAY,
+    OK,
+    UPSTREAM_LIMITS,
+    Attributed,
+    BigNumber,
+    Double,
+    ErrorReply,
+    Map,
+    NeedData,
+    Push,
+    RespLimits,
+    RespProtocolError,
+    Set,
+    SimpleString,
+    Value,
+    Verbatim,
+)
+
+_INT_RE: Final = re.compile(rb"0|-?[1-9][0-9]{0,18}")
+_INT_CACHE: Final[dict[bytes, int]] = {b"%d" % i: i for i in range(-1, 10000)}
+CACHED: Final = 4096
+_BULK_HDR: Final[dict[bytes, int]] = {b"$%d" % i: i for i in range(CACHED)}
+_ARRAY_HDR: Final[dict[bytes, int]] = {b"*%d" % i: i for i in range(1, CACHED)}
+
+
+def _strict_int(raw: bytes) -> int | None:
+    """Redis ``string2ll``: ``0`` or ``-?[1-9][0-9]*`` in the signed 64-bit range, else None."""
+    value = _INT_CACHE.get(raw)
+    if value is not None or _INT_RE.fullmatch(raw) is None:
+        return value
+    value = int(raw)
+    return value if -(2**63) <= value < 2**63 else None
+
+
+def _char(byte: int) -> str:
+    """A byte as Redis prints it with ``%c`` in an error (CR and LF become spaces)."""
+    return " " if byte in (10, 13) else chr(byte)
+
+
+def _capped(table: dict[bytes, int], limit: int) -> dict[bytes, int]:
+    return table if limit >= CACHED else {k: v for k, v in table.items() if v <= limit}
+
+
+T = TypeVar("T")
+
+
+class _Stream(Generic[T]):
+    """Buffer, compaction and forward window shared by both decoders.
+
+    ``_buf[_pos:]`` is unparsed; ``_base`` is the stream offset of ``_buf[0]``. With
+    ``keep_raw``, ``_run`` is the stream offset where unforwarded raw bytes begin; bytes before
+    ``_base`` that are still unforwarded live in ``_spill`` (covering ``[_run, _base)``).
+    """
+
+    def __init__(self, limits: RespLimits, keep_raw: bool) -> None:
+        self._limits = limits
+        self._keep_raw = keep_raw
+        self._buf = b""
+        self._pos = 0
+        self._base = 0
+        self._parts: list[bytes] = []
+        self._partlen = 0
+        self._need = 0
+        self._run = 0
+        self._spill: list[bytes] = []
+        self._out: list[bytes] = []
+        self._last_start = -1
+        self._last_end = 0
+        self._bulk_hdr = _capped(_BULK_HDR, limits.max_bulk_len)
+        self._array_hdr = _capped(_ARRAY_HDR, limits.max_array_len)
+
+    def next(self) -> T | NeedData:
+        raise NotImplementedError
+
+    def at_boundary(self) -> bool:
+        """Whether every fed byte has been parsed into returned values (nothing is cut)."""
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> None:
+        """Append bytes received from the peer. Never parses, never raises.
+
+        Args:
+            data: the next bytes of the stream, in order (``bytearray``/``memoryview`` are copied).
+        """
+        if type(data) is not bytes:
+            data = bytes(data)
+        if not data:
+            return
+        buf, pos = self._buf, self._pos
+        if pos == len(buf) and not self._parts:
+            self._compact(data)
+            return
+        self._parts.append(data)
+        self._partlen += len(data)
+        if len(buf) - pos + self._partlen >= self._need:
+            parts, self._parts, self._partlen = self._parts, [], 0
+            self._compact(b"".join([buf[pos:], *parts]))
+
+    def _compact(self, data: bytes) -> None:
+        """Drop the parsed part of the buffer (spilling unforwarded raw bytes) and adopt data."""
+        if self._keep_raw:
+            keep = self._run - self._base
+            if keep < self._pos:
+                self._spill.append(self._buf[max(keep, 0) : self._pos])
+        self._base += self._pos
+        self._buf, self._pos = data, 0
+
+    def _line_too_long(self, buf: bytes, pos: int, nl: int) -> bool:
+        """Whether the line at ``pos`` (ending at ``nl``; unfinished if ``nl < 0``) is too long."""
+        if nl >= 0:
+            return nl - pos > self._limits.max_inline_len
+        avail = len(buf) - pos - (1 if buf.endswith(b"\r") else 0)
+        return avail > self._limits.max_inline_len
+
+    def replace(self, data: bytes) -> None:
+        """Send ``data`` instead of the raw bytes of the value ``next()`` returned last.
+
+        Args:
+            data: the wire bytes to forward in its place (``b""`` forwards nothing).
+
+        Raises:
+            RuntimeError: without ``keep_raw``, or when nothing was returned since the last
+                ``replace()``/``forward()``.
+        """
+        if not self._keep_raw or self._last_start < self._run:
+            raise RuntimeError("replace() needs keep_raw and a value returned by next()")
+        if self._last_start > self._run:
+            self._out.append(self._take(self._last_start))
+        self._take(self._last_end)
+        self._out.append(data)
+
+    def forward(self) -> bytes:
+        """The bytes to send on for every value returned since the last ``forward()``.
+
+        Unchanged values are forwarded as the exact bytes received (one slice per run), replaced
+        ones as their replacement. Call it after the ``next()`` loop, before the next ``feed()``
+        for the cheapest path (earlier calls are correct, only slower with hiredis).
+
+        Returns:
+            The bytes, possibly empty.
+
+        Raises:
+            RuntimeError: without ``keep_raw``.
+        """
+        if not self._keep_raw:
+            raise RuntimeError("forward() needs keep_raw=True")
+        if self._last_end > self._run:
+            self._out.append(self._take(self._last_end))
+        out, self._out = self._out, []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _take(self, upto: int) -> bytes:
+        """Raw bytes from ``_run`` to stream offset ``upto``; moves ``_run`` there."""
+        base, run = self._base, self._run
+        self._run = upto
+        if not self._spill:
+            return self._buf[run - base : upto - base]
+        joined = b"".join(self._spill)
+        if upto <= base:
+            rest = joined[upto - run :]
+            self._spill = [rest] if rest else []
+            return joined[: upto - run]
+        self._spill = []
+        return joined + self._buf[: upto - base]
+
+
+class RequestDecoder(_Stream[list[bytes]]):
+    """Client requests -> ``list[bytes]`` per command, framed exactly as Redis frames them.
+
+    Usage: ``feed(data)``, then call ``next()`` until it returns ``NEED_DATA``. Empty commands
+    (blank inline lines, ``*0``, ``*-1``) are consumed silently, as Redis does.
+    """
+
+    def __init__(self, limits: RespLimits = CLIENT_LIMITS, *, keep_raw: bool = False) -> None:
+        """Args:
+        limits: size limits (``CLIENT_LIMITS`` by default).
+        keep_raw: keep wire bytes for ``replace()``/``forward()``.
+        """
+        super().__init__(limits, keep_raw)
+        self._args: list[bytes] | None = None
+        self._left = 0
+        self._start = 0
+
+    def at_boundary(self) -> bool:
+        return self._args is None and self._pos == len(self._buf) and not self._parts
+
+    def next(self) -> list[bytes] | NeedData:
+        """The next complete command.
+
+        Returns:
+            The command's arguments (never empty), or ``NEED_DATA``.
+
+        Raises:
+            RespProtocolError: malformed framing or a broken limit; the decoder is then unusable.
+        """
+        while not self._parts:
+            buf, pos = self._buf, self._pos
+            if self._args is None:
+                if pos >= len(buf):
+                    self._need = 1
+                    return NEED_DATA
+                self._start = self._base + pos
+                cmd = self._multibulk(buf, pos) if buf[pos] == 42 else self._inline(buf, pos)
+            else:
+                cmd = self._multibulk(buf, pos)
+            if cmd is None:
+                return NEED_DATA
+            if cmd:
+                self._last_start, self._last_end = self._start, self._base + self._pos
+                return cmd
+        return NEED_DATA
+
+    def _multibulk(self, buf: bytes, pos: int) -> list[bytes] | None:
+        """Parse (or resume) ``*<n>`` and its ``$`` elements; None when more bytes are needed."""
+        end = len(buf)
+        args = self._args
+        if args is None:
+            nl = buf.find(b"\r", pos)
+            if nl < 0 or nl + 2 > end:
+                self._wait_line(buf, pos, nl, "mbulk")
+                return None
+            count = self._array_hdr.get(buf[pos:nl])
+            if count is None:
+                count = self._count(buf, pos, nl)
+            pos = nl + 2
+            if count <= 0:
+                self._pos = pos
+                return []
+            args, left = [], count
+        else:
+            left = self._left
+        bulk_hdr = self._bulk_hdr
+        while left:
+            nl = buf.find(b"\r", pos)
+            if nl < 0 or nl + 2 > end:
+                self._args, self._left, self._pos = args, left, pos
+                self._wait_line(buf, pos, nl, "bulk")
+                return None
+            size = bulk_hdr.get(buf[pos:nl])
+            if size is None:
+                size = self._bulk_len(buf, pos, nl)
+            stop = nl + 2 + size
+            if stop + 2 > end:
+                self._args, self._left, self._pos = args, left, pos
+                self._need = stop + 2 - pos
+                return None
+            args.append(buf[nl + 2 : stop])
+            pos = stop + 2
+            left -= 1
+        self._args = None
+        self._pos = pos
+        return args
+
+    def _wait_line(self, buf: bytes, pos: int, nl: int, what: str) -> None:
+        if self._line_too_long(buf, pos, nl):
+            raise RespProtocolError(f"Protocol error: too big {what} count string")
+        self._need = len(buf) - pos + 1
+
+    def _count(self, buf: bytes, pos: int, nl: int) -> int:
+        if nl - pos > self._limits.max_inline_len:
+            raise RespProtocolError("Protocol error: too big mbulk count string")
+        count = _strict_int(buf[pos + 1 : nl])
+        if count is None or count > self._limits.max_array_len:
+            raise RespProtocolError("Protocol error: invalid multibulk length")
+        return count
+
+    def _bulk_len(self, buf: bytes, pos: int, nl: int) -> int:
+        if nl - pos > self._limits.max_inline_len:
+            raise RespProtocolError("Protocol error: too big bulk count string")
+        if buf[pos] != 36:
+            raise RespProtocolError(f"Protocol error: expected '$', got '{_char(buf[pos])}'")
+        size = _strict_int(buf[pos + 1 : nl])
+        if size is None or size < 0 or size > self._limits.max_bulk_len:
+            raise RespProtocolError("Protocol error: invalid bulk length")
+        return size
+
+    def _inline(self, buf: bytes, pos: int) -> list[bytes] | None:
+        """One inline line (up to LF, a CR before it dropped), split as ``sdssplitargs``."""
+        nl = buf.find(b"\n", pos)
+        if buf.find(b"\0", pos, nl if nl >= 0 else len(buf)) >= 0:
+            nl = -1  # Redis looks for the LF with strchr(), which stops at a NUL
+        if nl < 0 or nl - pos > self._limits.max_inline_len:
+            if nl >= 0 or len(buf) - pos > self._limits.max_inline_len:
+                raise RespProtocolError("Protocol error: too big inline request")
+            self._need = len(buf) - pos + 1
+            return None
+        stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+        args = split_args(buf[pos:stop])
+        self._pos = nl + 1
+        return args
+
+
+_SPACE: Final = re.compile(rb"[ \t\n\v\f\r]*")
+_TOKEN: Final = re.compile(
+    rb"""([^ \n\r\t"']*+)(?:"((?:\\x[0-9a-fA-F]{2}|\\.|[^"\\])*+)"|'((?:\\'|[^'])*+)')?""", re.S
+)
+_DQ_ESCAPE: Final = re.compile(rb"\\x([0-9a-fA-F]{2})|\\(.)", re.S)
+_ESCAPES: Final = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"a": b"\a"}
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    hexa, char = match.group(1), match.group(2)
+    return bytes([int(hexa, 16)]) if hexa is not None else _ESCAPES.get(char, char)
+
+
+def split_args(line: bytes) -> list[bytes]:
+    """Split an inline command line exactly as Redis's ``sdssplitargs`` does.
+
+    Blanks separate arguments; ``"..."`` supports ``\\n \\r \\t \\b \\a \\xHH`` and ``\\<c>``;
+    ``'...'`` supports ``\\'``; a closing quote must be followed by a blank or the end. As in C,
+    a NUL byte ends the line.
+
+    Args:
+        line: the line without its CRLF.
+
+    Returns:
+        The arguments (empty for a blank line).
+
+    Raises:
+        RespProtocolError: ``Protocol error: unbalanced quotes in request``.
+    """
+    line = line.split(b"\0", 1)[0]
+    args: list[bytes] = []
+    pos, end = cast(re.Match[bytes], _SPACE.match(line)).end(), len(line)
+    while pos < end:
+        match = cast(re.Match[bytes], _TOKEN.match(line, pos))
+        plain, dquoted, squoted = match.groups()
+        stop = match.end()
+        if dquoted is not None:
+            plain += _DQ_ESCAPE.sub(_unescape, dquoted)
+        elif squoted is not None:
+            plain += squoted.replace(b"\\'", b"'")
+        quoted = dquoted is not None or squoted is not None
+        if stop < end and line[stop] in (b" \t\n\v\f\r" if quoted else b" \t\n\r"):
+            stop += 1
+        elif stop < end:
+            raise RespProtocolError("Protocol error: unbalanced quotes in request")
+        args.append(plain)
+        pos = cast(re.Match[bytes], _SPACE.match(line, stop)).end()
+    return args
+
+
+def _protocol_error(what: str) -> RespProtocolError:
+    return RespProtocolError(f"Protocol error: invalid {what}")
+
+
+def _integer(line: bytes) -> Value:
+    value = _strict_int(line)
+    if value is None:
+        raise _protocol_error("integer")
+    return value
+
+
+def _null(line: bytes) -> Value:
+    if line:
+        raise _protocol_error("null")
+    return None
+
+
+def _boolean(line: bytes) -> Value:
+    if line == b"t" or line == b"f":
+        return line == b"t"
+    raise _protocol_error("boolean")
+
+
+_BIG_RE: Final = re.compile(rb"-?[0-9]+")
+
+
+def _double(line: bytes) -> Value:
+    if DOUBLE_RE.fullmatch(line) is None:
+        raise _protocol_error("double")
+    return Double(line)
+
+
+def _big_number(line: bytes) -> Value:
+    try:
+        if _BIG_RE.fullmatch(line) is not None:
+            return BigNumber(int(line))
+    except ValueError:  # more digits than int() accepts
+        pass
+    raise _protocol_error("big number")
+
+
+def _verbatim(payload: bytes) -> Value:
+    if len(payload) < 4 or payload[3] != 58:
+        raise _protocol_error("verbatim string")
+    return Verbatim(payload[:3], payload[4:])
+
+
+_SIMPLE_CACHE: Final = {
+    b"OK": OK,
+    b"QUEUED": SimpleString(b"QUEUED"),
+    b"PONG": SimpleString(b"PONG"),
+}
+
+# type byte -> how its line (after the type byte) becomes a value
+_LINE_TYPES: Final[dict[int, Callable[[bytes], Value]]] = {
+    ord("+"): lambda line: _SIMPLE_CACHE.get(line) or SimpleString(line),
+    ord("-"): ErrorReply,
+    ord(":"): _integer,
+    ord("_"): _null,
+    ord("#"): _boolean,
+    ord(","): _double,
+    ord("("): _big_number,
+}
+# type byte -> how a length-prefixed payload becomes a value ('$' is inlined in next())
+_BLOB_TYPES: Final[dict[int, Callable[[bytes], Value]]] = {
+    ord("!"): lambda payload: ErrorReply(payload, bulk=True),
+    ord("="): _verbatim,
+}
+
+
+class _Pushed(enum.Enum):
+    """``_aggregate`` pushed a frame: there is no value yet."""
+
+    PUSHED = "PUSHED"
+
+
+_PUSHED: Final = _Pushed.PUSHED
+
+
+def _attributed(items: list[Value]) -> Value:
+    return Attributed(items[:-1], items[-1])
+
+
+# type byte -> (elements per declared count, extra elements, finisher)
+_AGGREGATE_TYPES: Final[dict[int, tuple[int, int, Callable[[list[Value]], Value]]]] = {
+    ord("*"): (1, 0, lambda items: items),
+    ord("%"): (2, 0, Map),
+    ord("~"): (1, 0, Set),
+    ord(">"): (1, 0, Push),
+    ord("|"): (2, 1, _attributed),
+}
+
+
+class _Frame:
+    """An aggregate being filled: ``size`` elements go into ``items``, then ``finish``."""
+
+    __slots__ = ("finish", "items", "size")
+
+    def __init__(self, finish: Callable[[list[Value]], Value], size: int) -> None:
+        self.finish = finish
+        self.items: list[Value] = []
+        self.size = size
+
+
+class ReplyDecoder(_Stream[Value]):
+    """Upstream replies (RESP2 and RESP3 alike) -> ``Value``.
+
+    Usage: ``feed(data)``, then call ``next()`` until it returns ``NEED_DATA``.
+    """
+
+    def __init__(self, limits: RespLimits = UPSTREAM_LIMITS, *, keep_raw: bool = False) -> None:
+        """Args:
+        limits: size limits (``UPSTREAM_LIMITS`` by default).
+        keep_raw: keep wire bytes for ``replace()``/``forward()``.
+        """
+        super().__init__(limits, keep_raw)
+        self._stack: list[_Frame] = []
+        self._start = 0
+
+    def at_boundary(self) -> bool:
+        return not self._stack and self._pos == len(self._buf) and not self._parts
+
+    def next(self) -> Value | NeedData:
+        """The next complete reply (a push or an attributed value counts as one).
+
+        Returns:
+            The value, or ``NEED_DATA`` (``None`` is a value: a null).
+
+        Raises:
+            RespProtocolError: malformed input or a broken limit; the decoder is then unusable.
+        """
+        if self._parts:
+            return NEED_DATA
+        buf, pos, stack = self._buf, self._pos, self._stack
+        if not stack:
+            self._start = self._base + pos
+        while True:
+            nl = buf.find(b"\r\n", pos)
+            if nl < 0 or nl - pos > self._limits.max_inline_len:
+                return self._wait_line(buf, pos, nl)
+            if buf[pos] == 36:  # '$', by far the most common
+                size = self._bulk_hdr.get(buf[pos:nl])
+                if size is None:
+                    size = self._length(buf, pos, nl, True)
+                if size < 0:
+                    value: Value = None
+                    pos = nl + 2
+                else:
+                    stop = nl + 2 + size
+                    if stop + 2 > len(buf):
+                        return self._wait_blob(pos, stop)
+                    value = buf[nl + 2 : stop]
+                    pos = stop + 2
+            else:
+                parsed = self._other(buf, pos, nl)
+                if parsed is NEED_DATA:
+                    return NEED_DATA
+                item, pos = parsed
+                if item is _PUSHED:
+                    continue
+                value = item
+            while stack:
+                frame = stack[-1]
+                items = frame.items
+                items.append(value)
+                if len(items) < frame.size:
+                    break
+                stack.pop()
+                value = frame.finish(items)
+            else:
+                self._pos = pos
+                self._last_start, self._last_end = self._start, self._base + pos
+                return value
+
+    def _wait_line(self, buf: bytes, pos: int, nl: int) -> NeedData:
+        if self._line_too_long(buf, pos, nl):
+            raise RespProtocolError("Protocol error: too big reply line")
+        self._pos, self._need = pos, len(buf) - pos + 1
+        return NEED_DATA
+
+    def _wait_blob(self, pos: int, stop: int) -> NeedData:
+        self._pos, self._need = pos, stop + 2 - pos
+        return NEED_DATA
+
+    def _length(self, buf: bytes, pos: int, nl: int, nullable: bool) -> int:
+        size = _strict_int(buf[pos + 1 : nl])
+        if size is None or size < (-1 if nullable else 0) or size > self._limits.max_bulk_len:
+            raise RespProtocolError("Protocol error: invalid bulk length")
+        return size
+
+    def _other(self, buf: bytes, pos: int, nl: int) -> tuple[Value | _Pushed, int] | NeedData:
+        """Every type but ``$``, dispatched on the type byte: (value, next position)."""
+        kind = buf[pos]
+        line_type = _LINE_TYPES.get(kind)
+        if line_type is not None:
+            return line_type(buf[pos + 1 : nl]), nl + 2
+        blob_type = _BLOB_TYPES.get(kind)
+        if blob_type is not None:
+            stop = nl + 2 + self._length(buf, pos, nl, False)
+            if stop + 2 > len(buf):
+                return self._wait_blob(pos, stop)
+            return blob_type(buf[nl + 2 : stop]), stop + 2
+        aggregate = _AGGREGATE_TYPES.get(kind)
+        if aggregate is None:
+            raise RespProtocolError(f"Protocol error: invalid reply type '{_char(kind)}'")
+        return self._aggregate(aggregate, buf, pos, nl), nl + 2
+
+    def _aggregate(
+        self,
+        aggregate: tuple[int, int, Callable[[list[Value]], Value]],
+        buf: bytes,
+        pos: int,
+        nl: int,
+    ) -> Value | _Pushed:
+        """An aggregate header: an empty/null value at once, else push a frame (``_PUSHED``)."""
+        per, extra, finish = aggregate
+        count = _strict_int(buf[pos + 1 : nl])
+        if count == -1 and buf[pos] == 42:
+            return NULL_ARRAY
+        if count is None or count < 0 or count * per > self._limits.max_array_len:
+            raise RespProtocolError("Protocol error: invalid multibulk length")
+        size = count * per + extra
+        if size == 0:
+            return finish([])
+        if len(self._stack) >= self._limits.max_depth:
+            raise RespProtocolError("Protocol error: nesting too deep")
+        self._stack.append(_Frame(finish, size))
+        return _PUSHED

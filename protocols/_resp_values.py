@@ -1,0 +1,167 @@
+"""RESP values, sentinels, limits and the one protocol error (shared by decoders and encoders).
+
+See ``protocols.resp`` for the theory of operation and the value representation.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from dataclasses import dataclass
+from typing import Final, Literal, TypeAlias
+
+CRLF: Final = b"\r\n"
+
+
+class RespProtocolError(Exception):
+    """The peer sent bytes that are not RESP, or that break a ``RespLimits`` limit.
+
+    ``message`` uses Redis's wording where Redis has one; ``resp_error`` is the error line a
+    client should get (without ``-`` and CRLF) before its connection is closed.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def resp_error(self) -> bytes:
+        return b"ERR " + self.message.encode("latin-1", "replace")
+
+
+class NeedData(enum.Enum):
+    """Sentinel type of ``NEED_DATA``: ``next()`` needs more bytes before it can return a value."""
+
+    NEED_DATA = "NEED_DATA"
+
+
+class NullArray(enum.Enum):
+    """Sentinel type of ``NULL_ARRAY``: RESP2 ``*-1`` (a RESP3 client sees ``_``)."""
+
+    NULL_ARRAY = "NULL_ARRAY"
+
+
+NEED_DATA: Final = NeedData.NEED_DATA
+NULL_ARRAY: Final = NullArray.NULL_ARRAY
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleString:
+    """``+OK``: a status line, distinct from a bulk string ``$2 OK``."""
+
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """``-ERR ...`` (or RESP3 ``!`` when ``bulk``); ``message`` includes the prefix word."""
+
+    message: bytes
+    bulk: bool = False
+
+    @property
+    def prefix(self) -> bytes:
+        """The error code: ``ERR``, ``WRONGTYPE``, ``MOVED`` ..."""
+        return self.message.split(b" ", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Double:
+    """RESP3 ``,``: the text as Redis wrote it, so a RESP2 client gets the same digits."""
+
+    raw: bytes
+
+    @property
+    def value(self) -> float:
+        return float(self.raw)
+
+    @classmethod
+    def from_float(cls, number: float) -> Double:
+        """The shortest text that reads back as ``number`` (``inf``, ``-inf``, ``nan``, ``3``)."""
+        if math.isinf(number) or math.isnan(number):
+            return cls(repr(number).encode())
+        text = repr(number)
+        return cls((text[:-2] if text.endswith(".0") else text).encode())
+
+
+@dataclass(frozen=True, slots=True)
+class BigNumber:
+    """RESP3 ``(``: an integer outside the 64-bit range of ``:``."""
+
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verbatim:
+    """RESP3 ``=``: ``text`` with a 3-byte ``format`` (``txt``, ``mkd``)."""
+
+    format: bytes
+    text: bytes
+
+
+@dataclass(slots=True)
+class Map:
+    """RESP3 ``%``: ``items`` is flat, ``[k1, v1, k2, v2, ...]``; keys may repeat or nest."""
+
+    items: list[Value]
+
+    def pairs(self) -> list[tuple[Value, Value]]:
+        return list(zip(self.items[0::2], self.items[1::2], strict=True))
+
+
+@dataclass(slots=True)
+class Set:
+    """RESP3 ``~``: a set reply (order kept as sent)."""
+
+    items: list[Value]
+
+
+@dataclass(slots=True)
+class Push:
+    """RESP3 ``>``: an out-of-band push (pub/sub message, tracking invalidation)."""
+
+    items: list[Value]
+
+
+@dataclass(slots=True)
+class Attributed:
+    """RESP3 ``|``: ``attributes`` (flat key/value list) annotating the ``value`` that follows."""
+
+    attributes: list[Value]
+    value: Value
+
+
+Value: TypeAlias = (
+    "bytes | int | list[Value] | SimpleString | ErrorReply | Double | BigNumber"
+    " | Verbatim | Map | Set | Push | Attributed | NullArray | None"
+)
+Protocol: TypeAlias = Literal[2, 3]
+
+
+@dataclass(frozen=True, slots=True)
+class RespLimits:
+    """Hard limits, each checked as soon as the header that declares a size is read.
+
+    Args:
+        max_bulk_len: longest bulk string (Redis ``proto-max-bulk-len``, 512 MiB).
+        max_array_len: most elements in one aggregate (a map of n pairs counts 2n).
+        max_depth: deepest nesting of aggregates (replies only; requests are flat).
+        max_inline_len: longest header or inline line (Redis ``PROTO_INLINE_MAX_SIZE``).
+    """
+
+    max_bulk_len: int = 512 * 1024 * 1024
+    max_array_len: int = 1024 * 1024
+    max_depth: int = 32
+    max_inline_len: int = 64 * 1024
+
+
+CLIENT_LIMITS: Final = RespLimits()
+UPSTREAM_LIMITS: Final = RespLimits(max_array_len=2**32 - 1, max_inline_len=1024 * 1024)
+
+
+OK: Final = SimpleString(b"OK")
+# RESP3 double text: what Redis writes (``1.5``, ``-inf``, ``nan``, ``1e+20``)
+DOUBLE_RE: Final = re.compile(
+    rb"[+-]?(?:inf|nan|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
+)
