@@ -19,7 +19,7 @@ from proxy.config import Settings, parse_duration
 from proxy.errors import RefusedError, UsageError
 from proxy.keys import escrow
 from proxy.keys.lifecycle import Change
-from proxy.keys.model import Keyring, parse_time
+from proxy.keys.model import Keyring, parse_time, rfc3339
 from proxy.keys.ops import KeyOps
 from proxy.keys.providers import (
     AwsKmsProvider,
@@ -46,6 +46,7 @@ def register(sub: Any) -> None:
         index: bool = False,
         json_out: bool = False,
         version: bool = False,
+        admin: bool = True,
     ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = ks.add_parser(name, help=help, description=help)
         if version:
@@ -62,7 +63,13 @@ def register(sub: Any) -> None:
             )
         if json_out:
             p.add_argument("--json", action="store_true", help="machine-readable output (SPEC 12)")
-        p.set_defaults(handler=fn)
+        if admin:
+            p.add_argument(
+                "--admin",
+                metavar="URL",
+                help="through a running sidecar's admin API (token: VEIL_ADMIN_TOKEN)",
+            )
+        p.set_defaults(handler=fn, admin=None)
         return p
 
     p = cmd(
@@ -72,6 +79,7 @@ def register(sub: Any) -> None:
         "adds configured classes to an existing keyring",
         cls=False,
         json_out=True,
+        admin=False,
     )
     p.add_argument(
         "--class",
@@ -155,13 +163,19 @@ def register(sub: Any) -> None:
         json_out=True,
     )
     p = cmd(
-        "export", keys_export, "write an escrow bundle of every non-destroyed version", cls=False
+        "export",
+        keys_export,
+        "write an escrow bundle of every non-destroyed version",
+        cls=False,
+        admin=False,
     )
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--recipient", help="file with an X25519 public key (veil keys escrow-keygen)")
     who.add_argument("--passphrase-file", help="file holding a passphrase (scrypt)")
     p.add_argument("--out", help="bundle path (default: ./veil-escrow-<id>-r<revision>.json)")
-    p = cmd("import", keys_import, "restore the keyring from an escrow bundle", cls=False)
+    p = cmd(
+        "import", keys_import, "restore the keyring from an escrow bundle", cls=False, admin=False
+    )
     p.add_argument("bundle")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--identity", help="file with the X25519 private key")
@@ -176,6 +190,7 @@ def register(sub: Any) -> None:
         keys_rewrap_root,
         "re-wrap every version under a new root key or KMS key",
         cls=False,
+        admin=False,
     )
     to = p.add_mutually_exclusive_group(required=True)
     to.add_argument("--new-root-key-file", help="new local root key file (created if missing)")
@@ -185,6 +200,7 @@ def register(sub: Any) -> None:
         keys_escrow_keygen,
         "create an X25519 key pair for escrow bundles",
         cls=False,
+        admin=False,
     )
     p.add_argument("--out", required=True, help="writes OUT.key (private, 0600) and OUT.pub")
 
@@ -237,8 +253,8 @@ async def _after(s: Session, change: Change) -> None:
         print(f"escrow bundle written to {path}", file=sys.stderr)
 
 
-def _print_list(kr: Keyring, class_name: str, as_json: bool) -> None:
-    body = kr.public_json(class_name)
+def _print_list(kr: Keyring | dict[str, Any], class_name: str, as_json: bool) -> None:
+    body = kr.public_json(class_name) if isinstance(kr, Keyring) else kr
     if as_json:
         print(json.dumps(body, indent=2))
         return
@@ -295,7 +311,35 @@ async def keys_init(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _admin(
+    args: argparse.Namespace,
+    settings: Settings,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    summary: str | None = None,
+) -> int:
+    """The ``--admin URL`` form: the same command through a sidecar's admin API."""
+    from proxy.admin import client
+
+    token = settings.admin.tokens.get("default")
+    if body is not None:
+        body = {"class": getattr(args, "key_class", "default"), **body}
+    result = await client.call(args.admin, method, path, token.reveal() if token else None, body)
+    if summary is None or getattr(args, "json", False):
+        _print_list(result, getattr(args, "key_class", "default"), getattr(args, "json", False))
+    else:
+        print(summary)
+    return 0
+
+
+def _series(args: argparse.Namespace) -> str:
+    return "index-keys" if getattr(args, "index", False) else "keys"
+
+
 async def keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    if args.admin:
+        return await _admin(args, settings, "GET", f"/v1/keys?class={args.key_class}")
     async with session(settings, audit=False) as s:
         _print_list(await s.ops.load(), args.key_class, args.json)
     return 0
@@ -303,6 +347,18 @@ async def keys_list(args: argparse.Namespace, settings: Settings) -> int:
 
 async def keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
     kind = wiring.kind_of(args.index)
+    if args.admin:
+        if args.dry_run:
+            raise UsageError("--dry-run works on the keyring store directly, not with --admin")
+        body: dict[str, Any] = {} if args.if_revision is None else {"if_revision": args.if_revision}
+        return await _admin(
+            args,
+            settings,
+            "POST",
+            f"/v1/{_series(args)}/rotate",
+            body,
+            "rotated: a new version is pending",
+        )
     async with session(settings, args.key_class, audit=not args.dry_run) as s:
         if args.dry_run:
             plan = await s.ops.rotate_plan(args.key_class, kind)
@@ -329,6 +385,15 @@ async def keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
 
 async def keys_promote(args: argparse.Namespace, settings: Settings) -> int:
     wait = settings.keys.promote_timeout if args.wait is None else args.wait
+    if args.admin:
+        return await _admin(
+            args,
+            settings,
+            "POST",
+            f"/v1/{_series(args)}/{args.version}/promote",
+            {"wait": wait},
+            f"version {args.version} is active",
+        )
     async with session(settings, args.key_class) as s:
         change = await s.ops.promote(
             args.key_class, args.version, wiring.kind_of(args.index), wait=wait
@@ -337,12 +402,30 @@ async def keys_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def keys_retire(args: argparse.Namespace, settings: Settings) -> int:
+    if args.admin:
+        return await _admin(
+            args,
+            settings,
+            "POST",
+            f"/v1/{_series(args)}/{args.version}/retire",
+            {},
+            f"version {args.version} is retired again",
+        )
     async with session(settings, args.key_class) as s:
         change = await s.ops.retire(args.key_class, args.version, wiring.kind_of(args.index))
         return await _report(s, change, args, f"version {args.version} is retired again")
 
 
 async def keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    if args.admin:
+        return await _admin(
+            args,
+            settings,
+            "POST",
+            f"/v1/{_series(args)}/{args.version}/revoke",
+            {"emergency": args.emergency, "force": args.force},
+            f"version {args.version}: revocation recorded",
+        )
     async with session(settings, args.key_class) as s:
         change = await s.ops.revoke(
             args.key_class,
@@ -362,6 +445,15 @@ async def keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def keys_destroy(args: argparse.Namespace, settings: Settings) -> int:
+    if args.admin:
+        return await _admin(
+            args,
+            settings,
+            "POST",
+            f"/v1/{_series(args)}/{args.version}/destroy",
+            {"force": args.force},
+            f"version {args.version} destroyed",
+        )
     async with session(settings, args.key_class) as s:
         change = await s.ops.destroy(
             args.key_class, args.version, wiring.kind_of(args.index), force=args.force
@@ -384,6 +476,16 @@ def _until(text: str, now: datetime) -> datetime:
 
 
 async def keys_freeze(args: argparse.Namespace, settings: Settings) -> int:
+    if args.admin:
+        until = rfc3339(_until(args.until, datetime.now(UTC)))
+        return await _admin(
+            args,
+            settings,
+            "POST",
+            "/v1/keys/freeze",
+            {"until": until, "reason": args.reason},
+            f"keyring frozen until {until}",
+        )
     async with session(settings) as s:
         change = await s.ops.freeze(_until(args.until, datetime.now(UTC)), args.reason)
         return await _report(
@@ -392,6 +494,8 @@ async def keys_freeze(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def keys_unfreeze(args: argparse.Namespace, settings: Settings) -> int:
+    if args.admin:
+        return await _admin(args, settings, "POST", "/v1/keys/unfreeze", {}, "keyring unfrozen")
     async with session(settings) as s:
         return await _report(s, await s.ops.unfreeze(), args, "keyring unfrozen")
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.admin import keys_api
 from proxy.app import Context, ready
 from proxy.config import is_loopback
 
@@ -80,6 +81,7 @@ def build(ctx: Context) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/keys", keys)
+    app.router.add_routes(keys_api.routes(ctx))
     return app
 
 

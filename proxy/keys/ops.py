@@ -182,7 +182,8 @@ class KeyOps:
         deadline = loop.time() + wait
         if "heartbeats" not in self.store.features:
             v = (await self.load()).cls(class_name).find(kind, version)
-            ready = None if v is None else v.created + timedelta(seconds=self.propagation_delay)
+            pending = v is not None and v.state is State.PENDING
+            ready = v.created + timedelta(seconds=self.propagation_delay) if v and pending else None
             if ready is not None and ready > self.clock() + timedelta(seconds=wait):
                 raise RefusedError(
                     f"version {version} can be promoted from {rfc3339(ready)}: this store "
@@ -191,7 +192,9 @@ class KeyOps:
         while True:
             kr = await self.load()
             v = kr.cls(class_name).find(kind, version)
-            ok = v is not None and await acknowledged(
+            if v is None or v.state is not State.PENDING:
+                break  # nothing to wait for: the transition check below refuses
+            ok = await acknowledged(
                 self.store,
                 v.created_revision,
                 self.heartbeat_interval,
