@@ -113,7 +113,7 @@ async def veil(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str, st
 async def test_cli_admin_form_matches_the_direct_form(
     sidecar: tuple[Context, str], tmp_path: Path
 ) -> None:
-    ctx, base = sidecar
+    _, base = sidecar
     env = {k: v for k, v in os.environ.items() if not k.startswith("VEIL_")}
     env.update(
         {
