@@ -69,6 +69,19 @@ class Context:
     listeners: dict[str, Listener] = field(default_factory=dict)
 
 
+def describe_features(features: frozenset[str]) -> str:
+    """What a store supports, for the start-up log (SPEC 4: "veil says at start-up...")."""
+    if "heartbeats" in features:
+        return (
+            "shared writes (compare-and-set), heartbeats (two-phase rotation across "
+            "sidecars), leases and checkpoints (one migration walker at a time)"
+        )
+    return (
+        "one sidecar: every feature for this sidecar; other sidecars may only share it "
+        "read-only; no heartbeats, so promotion waits keys.propagation_delay"
+    )
+
+
 async def ready(ctx: Context) -> bool:
     """Readiness (SPEC 9): keyring loaded and fresh, every listener's upstream reachable."""
     if not ctx.runtime.loaded or ctx.runtime.is_stale():
@@ -121,6 +134,14 @@ class App:
         runtime = wiring.build_runtime(s, store, provider, on_event=audit)
         runtime.listeners.append(self._on_keyring)
         await runtime.start()
+        log.info(
+            "keyring %s revision %d loaded from %s (sidecar %s)",
+            runtime.keyset.keyring_id.hex(),
+            runtime.keyset.revision,
+            store.url,
+            runtime.sidecar_id,
+        )
+        log.info("keyring store features: %s", describe_features(store.features))
         assert runtime.meta_key is not None
         chain = AuditLog(s.audit.path, runtime.sidecar_id, runtime.meta_key)
         audit_box.append(chain)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
+from proxy import logs
 from proxy.app import App
 from proxy.config import Settings
 
@@ -16,9 +18,16 @@ def register(sub: Any) -> None:
         description="Run the sidecar: the RESP listener, the S3 listener (each can "
         "be `off`) and the admin listener.",
     )
+    p.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default="json",
+        help="log lines as JSON objects (default) or plain text",
+    )
     p.set_defaults(handler=serve, event_loop="uvloop")
 
 
 async def serve(args: argparse.Namespace, settings: Settings) -> int:
+    logs.configure(logging.DEBUG if args.verbose else logging.INFO, args.log_format == "json")
     await App(settings).serve_forever()
     return 0
