@@ -52,6 +52,7 @@ from protocols._resp_values import (
 )
 
 _PROBE: Final = 123456789
+_INCOMPLETE: Final = object()  # what gets() returns for "need more"; equal to no reply (0 == False)
 _DIGITS: Final = bytes(len(str(i)) for i in range(65536))
 
 
@@ -87,7 +88,7 @@ class _HiredisBatch(_Stream[T]):
     _guard: re.Pattern[bytes]
 
     def _setup(self, limits: RespLimits) -> None:
-        self._reader = hiredis.Reader()
+        self._reader = hiredis.Reader(notEnoughData=_INCOMPLETE)
         self._fresh = True
         self._batch: list[T] | None = None
         self._index = 0
@@ -96,21 +97,26 @@ class _HiredisBatch(_Stream[T]):
         self._run_index = 0
         self._safe_size = min(limits.max_bulk_len, 6 * limits.max_array_len)
 
+    def at_boundary(self) -> bool:
+        if self._batch is not None:
+            return self._clean and self._index == len(self._batch)
+        return super().at_boundary()
+
     def _pull(self) -> list[T]:
-        """Every complete value hiredis returns, up to the first it refuses, then ``_accept``."""
+        """Every complete value hiredis returns, up to the first it refuses."""
         try:
-            return self._accept(list(iter(self._reader.gets, False)))
+            return list(iter(self._reader.gets, _INCOMPLETE))
         except Exception:  # whatever hiredis refuses, the pure decoder judges (and words)
             pass
-        self._reader = hiredis.Reader()
+        self._reader = hiredis.Reader(notEnoughData=_INCOMPLETE)
         self._reader.feed(self._buf)
         batch: list[T] = []
         try:
-            while (value := self._reader.gets()) is not False:
+            while (value := self._reader.gets()) is not _INCOMPLETE:
                 batch.append(value)
         except Exception:
             pass
-        return self._accept(batch)
+        return batch
 
     def _accept(self, values: list[T]) -> list[T]:
         """The leading values that are exactly what the pure decoder would return."""
@@ -140,11 +146,13 @@ class _HiredisBatch(_Stream[T]):
         if self._keep_raw and self._last_end > self._run:
             self._out.append(self._take(self._last_end))
         if not self._fresh:
-            self._reader = hiredis.Reader()
+            self._reader = hiredis.Reader(notEnoughData=_INCOMPLETE)
         self._reader.feed(self._buf)
         self._fresh = False
-        self._batch, self._index, self._offsets, self._run_index = self._pull(), 0, [0], 0
-        self._clean = self._between_values()
+        pulled = self._pull()
+        batch = self._accept(pulled)
+        self._batch, self._index, self._offsets, self._run_index = batch, 0, [0], 0
+        self._clean = len(batch) == len(pulled) and self._between_values()
 
     def _between_values(self) -> bool:
         """Whether hiredis stopped between two values (see the module docstring)."""

@@ -295,12 +295,12 @@ class RequestDecoder(_Stream[list[bytes]]):
         nl = buf.find(b"\n", pos)
         if buf.find(b"\0", pos, nl if nl >= 0 else len(buf)) >= 0:
             nl = -1  # Redis looks for the LF with strchr(), which stops at a NUL
-        if nl < 0 or nl - pos > self._limits.max_inline_len:
-            if nl >= 0 or len(buf) - pos > self._limits.max_inline_len:
-                raise RespProtocolError("Protocol error: too big inline request")
+        stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
+        if self._line_too_long(buf, pos, stop):
+            raise RespProtocolError("Protocol error: too big inline request")
+        if nl < 0:
             self._need = len(buf) - pos + 1
             return None
-        stop = nl - 1 if nl > pos and buf[nl - 1] == 13 else nl
         args = split_args(buf[pos:stop])
         self._pos = nl + 1
         return args

@@ -35,7 +35,10 @@ boolean -> integer 1/0, big number -> bulk string of its digits, verbatim -> bul
 the ``txt:`` prefix, bulk error -> simple error, attributes dropped, RESP3 null -> null bulk
 ``$-1``. Redis answers ``*-1`` (not ``$-1``) where the command returns a null *array* (BLPOP
 timeout, aborted EXEC, XREAD without data ...): a value decoded from a RESP3 ``_`` cannot know
-that, so the caller passes ``NULL_ARRAY`` for those commands. Simple strings and errors never
+that, so the caller passes ``NULL_ARRAY`` for those commands. Likewise Redis 7 *reshapes* some
+replies for RESP3 (``ZRANGE ... WITHSCORES`` and friends answer ``[member, score]`` pairs, not a
+flat list): that is command knowledge, not a type, and stays with the proxy (which is simplest
+when the upstream connection speaks the client's protocol). Simple strings and errors never
 carry CR or LF on the wire: an error's CR/LF become spaces (as Redis does), a simple string's
 raise ``ValueError``.
 
@@ -238,6 +241,8 @@ def _enc_verbatim(value: Value, out: list[bytes], resp3: bool) -> None:
 
 def _enc_attributed(value: Value, out: list[bytes], resp3: bool) -> None:
     attributed = cast(Attributed, value)
+    if len(attributed.attributes) % 2:
+        raise ValueError("an attribute list needs an even number of items")
     if resp3:
         _pairs(b"|", attributed.attributes, out, resp3)
     _encode(attributed.value, out, resp3)
