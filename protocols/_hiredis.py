@@ -12,7 +12,7 @@ part of the traffic where none of that can happen, and the pure decoder handles 
 * **Batches.** A fed chunk goes to hiredis only if it starts at a value boundary, is smaller
   than every limit (so nothing in it can break one) and passes a byte guard: no ``\\n``
   followed by a type byte hiredis would misread (requests: ``+ ( = | ~ % >``; replies: every
-  type but ``$ : *``, and no ``*-1``) and, for replies, fewer nested ``*`` than ``max_depth``. A
+  type but ``$ : *``, and no ``*-1``) and, for replies, fewer ``*`` bytes than ``max_depth``. A
   value that merely *starts* with such a byte (``+inf``, ``-1``) sends its chunk to the pure
   parser: only speed is lost. What is left maps 1:1 onto ``Value`` (requests: lists of bytes;
   replies: bytes, int, ``None`` from ``$-1``, lists), so hiredis's results are returned as is.
@@ -29,8 +29,9 @@ part of the traffic where none of that can happen, and the pure decoder handles 
   from the value. Sizes are computed only when a ``replace()`` run boundary or a hand-over needs
   one; forwarding or rewriting a whole batch computes none.
 
-Measured with ``python3 bench/resp_codec.py`` (numbers in ``bench/resp_codec.py``'s docstring).
-``encode_command`` is not accelerated: ``hiredis.pack_command`` is no faster for short commands.
+Measured with ``python3 bench/resp_codec.py`` (numbers in ``protocols/resp.py``'s docstring).
+``encode_command`` is not accelerated: ``hiredis.pack_command`` is only ~15% faster on a
+3-argument command and needs a tuple, which a wrapper would spend.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ from protocols._resp_decode import ReplyDecoder, RequestDecoder, T, _Stream
 from protocols._resp_values import (
     CLIENT_LIMITS,
     NEED_DATA,
+    SIMPLE_CACHE,
     UPSTREAM_LIMITS,
     NeedData,
     RespLimits,
+    SimpleString,
     Value,
 )
 
@@ -63,7 +66,11 @@ def _digits(size: int) -> int:
 def _command_size(command: list[bytes]) -> int:
     """Bytes of the canonical multibulk encoding of ``command``."""
     sizes = list(map(len, command))
-    return 3 + _digits(len(sizes)) + 5 * len(sizes) + sum(sizes) + sum(map(_digits, sizes))
+    try:
+        digits = sum(map(_DIGITS.__getitem__, sizes))
+    except IndexError:  # an argument of 64 KiB or more
+        digits = sum(map(_digits, sizes))
+    return 3 + _digits(len(sizes)) + 5 * len(sizes) + sum(sizes) + digits
 
 
 def _reply_size(value: Value) -> int:
@@ -174,7 +181,11 @@ class _HiredisBatch(_Stream[T]):
             if self._clean:
                 return NEED_DATA
             self._end_batch()
-        return super().next()
+        return self._next_pure()
+
+    def _next_pure(self) -> T | NeedData:
+        """The pure decoder's ``next`` (a plain alias in each subclass: cheaper than super())."""
+        raise NotImplementedError
 
     def replace(self, data: bytes) -> None:
         """See the pure decoder's ``replace``."""
@@ -232,6 +243,7 @@ class HiredisRequestDecoder(_HiredisBatch[list[bytes]], RequestDecoder):
 
     _first = b"*"
     _guard = re.compile(rb"\n[+(=|~%>]")
+    _next_pure = RequestDecoder.next
 
     def __init__(self, limits: RespLimits = CLIENT_LIMITS, *, keep_raw: bool = False) -> None:
         """See ``RequestDecoder``."""
@@ -256,26 +268,42 @@ class HiredisRequestDecoder(_HiredisBatch[list[bytes]], RequestDecoder):
         return _command_size(value)
 
 
+_SIMPLE_LINES: Final = re.compile(rb"\n[-$_#,(!=%~|>]")  # with no '*' at all: '+' and ':' only
+
+
 class HiredisReplyDecoder(_HiredisBatch[Value], ReplyDecoder):
-    """``ReplyDecoder`` with hiredis parsing chunks of ``$``, ``:`` and ``*`` replies."""
+    """``ReplyDecoder`` with hiredis parsing chunks of ``$``/``:``/``*`` or of ``+``/``:`` replies.
+
+    The second shape (``+OK`` after every write in a pipeline) has no payloads, so every LF is
+    followed by a type byte and every ``bytes`` hiredis returns is a simple string.
+    """
 
     _first = b"$:*"
     _guard = re.compile(rb"\n(?:[-+_#,(!=%~|>]|\*-)")
+    _next_pure = ReplyDecoder.next
 
     def __init__(self, limits: RespLimits = UPSTREAM_LIMITS, *, keep_raw: bool = False) -> None:
         """See ``ReplyDecoder``."""
         super().__init__(limits, keep_raw=keep_raw)
         self._setup(limits)
+        self._simple_lines = False
 
     def _eligible(self, buf: bytes) -> bool:
-        return (
-            super()._eligible(buf)
-            and not buf.startswith(b"*-")
-            and buf.count(b"\n*") < self._limits.max_depth
-        )
+        first, no_array = buf[:1], buf.find(b"*") < 0
+        self._simple_lines = no_array and (first == b"+" or first == b":")
+        if self._simple_lines:
+            return len(buf) <= self._safe_size and _SIMPLE_LINES.search(buf) is None
+        if not super()._eligible(buf) or buf.startswith(b"*-"):
+            return False
+        return no_array or buf.count(b"*") < self._limits.max_depth
 
     def _accept(self, values: list[Value]) -> list[Value]:
-        return values
+        if not self._simple_lines:
+            return values
+        simple = SIMPLE_CACHE.get
+        return [(simple(v) or SimpleString(v)) if type(v) is bytes else v for v in values]
 
     def _size(self, value: Value) -> int:
+        if type(value) is SimpleString:
+            return len(value.value) + 3
         return _reply_size(value)

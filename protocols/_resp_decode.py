@@ -11,41 +11,25 @@ from collections.abc import Callable
 from typing import Final, Generic, TypeVar, cast
 
 from protocols._resp_values import (
+    AGGREGATE_TYPES,
+    BLOB_TYPES,
     CLIENT_LIMITS,
-    DOUBLE_RE,
+    INT_CACHE,
+    LINE_TYPES,
     NEED_DATA,
     NULL_ARRAY,
-    OK,
+    SIMPLE_CACHE,
     UPSTREAM_LIMITS,
-    Attributed,
-    BigNumber,
-    Double,
-    ErrorReply,
-    Map,
     NeedData,
-    Push,
     RespLimits,
     RespProtocolError,
-    Set,
-    SimpleString,
     Value,
-    Verbatim,
+    strict_int,
 )
 
-_INT_RE: Final = re.compile(rb"0|-?[1-9][0-9]{0,18}")
-_INT_CACHE: Final[dict[bytes, int]] = {b"%d" % i: i for i in range(-1, 10000)}
 CACHED: Final = 4096
 _BULK_HDR: Final[dict[bytes, int]] = {b"$%d" % i: i for i in range(CACHED)}
 _ARRAY_HDR: Final[dict[bytes, int]] = {b"*%d" % i: i for i in range(1, CACHED)}
-
-
-def _strict_int(raw: bytes) -> int | None:
-    """Redis ``string2ll``: ``0`` or ``-?[1-9][0-9]*`` in the signed 64-bit range, else None."""
-    value = _INT_CACHE.get(raw)
-    if value is not None or _INT_RE.fullmatch(raw) is None:
-        return value
-    value = int(raw)
-    return value if -(2**63) <= value < 2**63 else None
 
 
 def _char(byte: int) -> str:
@@ -84,6 +68,7 @@ class _Stream(Generic[T]):
         self._last_end = 0
         self._bulk_hdr = _capped(_BULK_HDR, limits.max_bulk_len)
         self._array_hdr = _capped(_ARRAY_HDR, limits.max_array_len)
+        self._max_line = limits.max_inline_len
 
     def next(self) -> T | NeedData:
         raise NotImplementedError
@@ -228,10 +213,10 @@ class RequestDecoder(_Stream[list[bytes]]):
 
     def _multibulk(self, buf: bytes, pos: int) -> list[bytes] | None:
         """Parse (or resume) ``*<n>`` and its ``$`` elements; None when more bytes are needed."""
-        end = len(buf)
+        end, find = len(buf), buf.find
         args = self._args
         if args is None:
-            nl = buf.find(b"\r", pos)
+            nl = find(b"\r", pos)
             if nl < 0 or nl + 2 > end:
                 self._wait_line(buf, pos, nl, "mbulk")
                 return None
@@ -247,7 +232,7 @@ class RequestDecoder(_Stream[list[bytes]]):
             left = self._left
         bulk_hdr = self._bulk_hdr
         while left:
-            nl = buf.find(b"\r", pos)
+            nl = find(b"\r", pos)
             if nl < 0 or nl + 2 > end:
                 self._args, self._left, self._pos = args, left, pos
                 self._wait_line(buf, pos, nl, "bulk")
@@ -275,7 +260,7 @@ class RequestDecoder(_Stream[list[bytes]]):
     def _count(self, buf: bytes, pos: int, nl: int) -> int:
         if nl - pos > self._limits.max_inline_len:
             raise RespProtocolError("Protocol error: too big mbulk count string")
-        count = _strict_int(buf[pos + 1 : nl])
+        count = strict_int(buf[pos + 1 : nl])
         if count is None or count > self._limits.max_array_len:
             raise RespProtocolError("Protocol error: invalid multibulk length")
         return count
@@ -285,7 +270,7 @@ class RequestDecoder(_Stream[list[bytes]]):
             raise RespProtocolError("Protocol error: too big bulk count string")
         if buf[pos] != 36:
             raise RespProtocolError(f"Protocol error: expected '$', got '{_char(buf[pos])}'")
-        size = _strict_int(buf[pos + 1 : nl])
+        size = strict_int(buf[pos + 1 : nl])
         if size is None or size < 0 or size > self._limits.max_bulk_len:
             raise RespProtocolError("Protocol error: invalid bulk length")
         return size
@@ -356,76 +341,6 @@ def split_args(line: bytes) -> list[bytes]:
     return args
 
 
-def _protocol_error(what: str) -> RespProtocolError:
-    return RespProtocolError(f"Protocol error: invalid {what}")
-
-
-def _integer(line: bytes) -> Value:
-    value = _strict_int(line)
-    if value is None:
-        raise _protocol_error("integer")
-    return value
-
-
-def _null(line: bytes) -> Value:
-    if line:
-        raise _protocol_error("null")
-    return None
-
-
-def _boolean(line: bytes) -> Value:
-    if line == b"t" or line == b"f":
-        return line == b"t"
-    raise _protocol_error("boolean")
-
-
-_BIG_RE: Final = re.compile(rb"-?[0-9]+")
-
-
-def _double(line: bytes) -> Value:
-    if DOUBLE_RE.fullmatch(line) is None:
-        raise _protocol_error("double")
-    return Double(line)
-
-
-def _big_number(line: bytes) -> Value:
-    try:
-        if _BIG_RE.fullmatch(line) is not None:
-            return BigNumber(int(line))
-    except ValueError:  # more digits than int() accepts
-        pass
-    raise _protocol_error("big number")
-
-
-def _verbatim(payload: bytes) -> Value:
-    if len(payload) < 4 or payload[3] != 58:
-        raise _protocol_error("verbatim string")
-    return Verbatim(payload[:3], payload[4:])
-
-
-_SIMPLE_CACHE: Final = {
-    b"OK": OK,
-    b"QUEUED": SimpleString(b"QUEUED"),
-    b"PONG": SimpleString(b"PONG"),
-}
-
-# type byte -> how its line (after the type byte) becomes a value
-_LINE_TYPES: Final[dict[int, Callable[[bytes], Value]]] = {
-    ord("+"): lambda line: _SIMPLE_CACHE.get(line) or SimpleString(line),
-    ord("-"): ErrorReply,
-    ord(":"): _integer,
-    ord("_"): _null,
-    ord("#"): _boolean,
-    ord(","): _double,
-    ord("("): _big_number,
-}
-# type byte -> how a length-prefixed payload becomes a value ('$' is inlined in next())
-_BLOB_TYPES: Final[dict[int, Callable[[bytes], Value]]] = {
-    ord("!"): lambda payload: ErrorReply(payload, bulk=True),
-    ord("="): _verbatim,
-}
-
-
 class _Pushed(enum.Enum):
     """``_aggregate`` pushed a frame: there is no value yet."""
 
@@ -433,20 +348,6 @@ class _Pushed(enum.Enum):
 
 
 _PUSHED: Final = _Pushed.PUSHED
-
-
-def _attributed(items: list[Value]) -> Value:
-    return Attributed(items[:-1], items[-1])
-
-
-# type byte -> (elements per declared count, extra elements, finisher)
-_AGGREGATE_TYPES: Final[dict[int, tuple[int, int, Callable[[list[Value]], Value]]]] = {
-    ord("*"): (1, 0, lambda items: items),
-    ord("%"): (2, 0, Map),
-    ord("~"): (1, 0, Set),
-    ord(">"): (1, 0, Push),
-    ord("|"): (2, 1, _attributed),
-}
 
 
 class _Frame:
@@ -489,14 +390,16 @@ class ReplyDecoder(_Stream[Value]):
         """
         if self._parts:
             return NEED_DATA
-        buf, pos, stack = self._buf, self._pos, self._stack
+        buf, pos, stack, max_line = self._buf, self._pos, self._stack, self._max_line
         if not stack:
             self._start = self._base + pos
+        find = buf.find
         while True:
-            nl = buf.find(b"\r\n", pos)
-            if nl < 0 or nl - pos > self._limits.max_inline_len:
+            nl = find(b"\r\n", pos)
+            if nl < 0 or nl - pos > max_line:
                 return self._wait_line(buf, pos, nl)
-            if buf[pos] == 36:  # '$', by far the most common
+            kind = buf[pos]
+            if kind == 36:  # '$', then '+' and ':': the common replies, inlined
                 size = self._bulk_hdr.get(buf[pos:nl])
                 if size is None:
                     size = self._length(buf, pos, nl, True)
@@ -509,6 +412,10 @@ class ReplyDecoder(_Stream[Value]):
                         return self._wait_blob(pos, stop)
                     value = buf[nl + 2 : stop]
                     pos = stop + 2
+            elif kind == 43 and (simple := SIMPLE_CACHE.get(buf[pos + 1 : nl])) is not None:
+                value, pos = simple, nl + 2
+            elif kind == 58 and (number := INT_CACHE.get(buf[pos + 1 : nl])) is not None:
+                value, pos = number, nl + 2
             else:
                 parsed = self._other(buf, pos, nl)
                 if parsed is NEED_DATA:
@@ -541,7 +448,7 @@ class ReplyDecoder(_Stream[Value]):
         return NEED_DATA
 
     def _length(self, buf: bytes, pos: int, nl: int, nullable: bool) -> int:
-        size = _strict_int(buf[pos + 1 : nl])
+        size = strict_int(buf[pos + 1 : nl])
         if size is None or size < (-1 if nullable else 0) or size > self._limits.max_bulk_len:
             raise RespProtocolError("Protocol error: invalid bulk length")
         return size
@@ -549,16 +456,16 @@ class ReplyDecoder(_Stream[Value]):
     def _other(self, buf: bytes, pos: int, nl: int) -> tuple[Value | _Pushed, int] | NeedData:
         """Every type but ``$``, dispatched on the type byte: (value, next position)."""
         kind = buf[pos]
-        line_type = _LINE_TYPES.get(kind)
+        line_type = LINE_TYPES.get(kind)
         if line_type is not None:
             return line_type(buf[pos + 1 : nl]), nl + 2
-        blob_type = _BLOB_TYPES.get(kind)
+        blob_type = BLOB_TYPES.get(kind)
         if blob_type is not None:
             stop = nl + 2 + self._length(buf, pos, nl, False)
             if stop + 2 > len(buf):
                 return self._wait_blob(pos, stop)
             return blob_type(buf[nl + 2 : stop]), stop + 2
-        aggregate = _AGGREGATE_TYPES.get(kind)
+        aggregate = AGGREGATE_TYPES.get(kind)
         if aggregate is None:
             raise RespProtocolError(f"Protocol error: invalid reply type '{_char(kind)}'")
         return self._aggregate(aggregate, buf, pos, nl), nl + 2
@@ -572,7 +479,7 @@ class ReplyDecoder(_Stream[Value]):
     ) -> Value | _Pushed:
         """An aggregate header: an empty/null value at once, else push a frame (``_PUSHED``)."""
         per, extra, finish = aggregate
-        count = _strict_int(buf[pos + 1 : nl])
+        count = strict_int(buf[pos + 1 : nl])
         if count == -1 and buf[pos] == 42:
             return NULL_ARRAY
         if count is None or count < 0 or count * per > self._limits.max_array_len:

@@ -1,4 +1,4 @@
-"""RESP values, sentinels, limits and the one protocol error (shared by decoders and encoders).
+"""RESP values, sentinels, limits, the one protocol error, and the type-byte tables.
 
 See ``protocols.resp`` for the theory of operation and the value representation.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
@@ -165,3 +166,101 @@ OK: Final = SimpleString(b"OK")
 DOUBLE_RE: Final = re.compile(
     rb"[+-]?(?:inf|nan|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
 )
+
+# -- how bytes become values (used by the decoders) -------------------------------------------
+
+INT_RE: Final = re.compile(rb"0|-?[1-9][0-9]{0,18}")
+INT_CACHE: Final[dict[bytes, int]] = {b"%d" % i: i for i in range(-1, 10000)}
+
+
+def strict_int(raw: bytes) -> int | None:
+    """Redis ``string2ll``: ``0`` or ``-?[1-9][0-9]*`` in the signed 64-bit range, else None."""
+    value = INT_CACHE.get(raw)
+    if value is not None or INT_RE.fullmatch(raw) is None:
+        return value
+    value = int(raw)
+    return value if -(2**63) <= value < 2**63 else None
+
+
+def _protocol_error(what: str) -> RespProtocolError:
+    return RespProtocolError(f"Protocol error: invalid {what}")
+
+
+def _integer(line: bytes) -> Value:
+    value = strict_int(line)
+    if value is None:
+        raise _protocol_error("integer")
+    return value
+
+
+def _null(line: bytes) -> Value:
+    if line:
+        raise _protocol_error("null")
+    return None
+
+
+def _boolean(line: bytes) -> Value:
+    if line == b"t" or line == b"f":
+        return line == b"t"
+    raise _protocol_error("boolean")
+
+
+_BIG_RE: Final = re.compile(rb"-?[0-9]+")
+
+
+def _double(line: bytes) -> Value:
+    if DOUBLE_RE.fullmatch(line) is None:
+        raise _protocol_error("double")
+    return Double(line)
+
+
+def _big_number(line: bytes) -> Value:
+    try:
+        if _BIG_RE.fullmatch(line) is not None:
+            return BigNumber(int(line))
+    except ValueError:  # more digits than int() accepts
+        pass
+    raise _protocol_error("big number")
+
+
+def _verbatim(payload: bytes) -> Value:
+    if len(payload) < 4 or payload[3] != 58:
+        raise _protocol_error("verbatim string")
+    return Verbatim(payload[:3], payload[4:])
+
+
+SIMPLE_CACHE: Final = {
+    b"OK": OK,
+    b"QUEUED": SimpleString(b"QUEUED"),
+    b"PONG": SimpleString(b"PONG"),
+}
+
+# type byte -> how its line (after the type byte) becomes a value
+LINE_TYPES: Final[dict[int, Callable[[bytes], Value]]] = {
+    ord("+"): lambda line: SIMPLE_CACHE.get(line) or SimpleString(line),
+    ord("-"): ErrorReply,
+    ord(":"): _integer,
+    ord("_"): _null,
+    ord("#"): _boolean,
+    ord(","): _double,
+    ord("("): _big_number,
+}
+# type byte -> how a length-prefixed payload becomes a value ('$' is inlined in next())
+BLOB_TYPES: Final[dict[int, Callable[[bytes], Value]]] = {
+    ord("!"): lambda payload: ErrorReply(payload, bulk=True),
+    ord("="): _verbatim,
+}
+
+
+def _attributed(items: list[Value]) -> Value:
+    return Attributed(items[:-1], items[-1])
+
+
+# type byte -> (elements per declared count, extra elements, finisher)
+AGGREGATE_TYPES: Final[dict[int, tuple[int, int, Callable[[list[Value]], Value]]]] = {
+    ord("*"): (1, 0, lambda items: items),
+    ord("%"): (2, 0, Map),
+    ord("~"): (1, 0, Set),
+    ord(">"): (1, 0, Push),
+    ord("|"): (2, 1, _attributed),
+}

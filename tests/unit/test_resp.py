@@ -265,6 +265,7 @@ def test_value_helpers() -> None:
     assert Map([b"a", 1, b"b", 2]).pairs() == [(b"a", 1), (b"b", 2)]
     assert RespProtocolError("Protocol error: x").resp_error == b"ERR Protocol error: x"
     assert resp.request_decoder_class() is HiredisRequestDecoder
+    assert resp.reply_decoder_class() is HiredisReplyDecoder
 
 
 # -- round trips and fuzz --------------------------------------------------------------------
@@ -494,7 +495,13 @@ def test_hiredis_takes_the_common_chunks() -> None:
     replies = HiredisReplyDecoder()
     replies.feed(b"$1\r\na\r\n:1\r\n*2\r\n$-1\r\n$1\r\nb\r\n")
     assert replies._batch is not None and drain(replies) == [b"a", 1, [None, b"b"]]
-    for ambiguous in (b"+OK\r\n", b"$1\r\na\r\n*-1\r\n", b"*1\r\n_\r\n", b":1\r\n-ERR x\r\n"):
+    replies.feed(b"+OK\r\n:1\r\n+QUEUED\r\n+other\r\n")
+    assert replies._batch is not None
+    assert [typed(v) for v in drain(replies)] == [
+        typed(v) for v in (OK, 1, SimpleString(b"QUEUED"), SimpleString(b"other"))
+    ]
+    for ambiguous in (b"+OK\r\n$2\r\nOK\r\n", b"$1\r\na\r\n*-1\r\n", b"*1\r\n_\r\n",
+                      b":1\r\n-ERR x\r\n", b"+OK\r\n*0\r\n"):  # fmt: skip
         replies.feed(ambiguous)
         assert replies._batch is None
 
