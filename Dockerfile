@@ -79,11 +79,12 @@ USER 10001:10001
 # reaches veil over localhost inside a pod (or with `--network container:APP`).
 EXPOSE 6380 9000 9090
 
-# GET /healthz on the admin listener with the standard library (no curl in the image). It
-# follows VEIL_ADMIN_LISTEN (default 127.0.0.1:9090) and uses https when VEIL_ADMIN_TLS_CERT
-# is set; /healthz needs no token. Kubernetes ignores HEALTHCHECK: k8s/ declares probes.
+# GET /healthz on the admin listener with the standard library (no curl in the image). The
+# address and TLS come from veil's own config loader -- VEIL_CONFIG (or ./veil.toml) and the
+# VEIL_* environment, exactly what `veil serve` reads -- and /healthz needs no token.
+# Kubernetes ignores HEALTHCHECK: k8s/ declares its probes.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, ssl, urllib.request as r; a = os.environ.get('VEIL_ADMIN_LISTEN') or '127.0.0.1:9090'; h, _, p = a.rpartition(':'); h = {'0.0.0.0': '127.0.0.1', '[::]': '[::1]', '::': '[::1]'}.get(h, h); t = bool(os.environ.get('VEIL_ADMIN_TLS_CERT')); r.urlopen(('https' if t else 'http') + '://' + h + ':' + p + '/healthz', timeout=4, context=ssl._create_unverified_context() if t else None)"]
+    CMD ["python", "-c", "import ssl, urllib.request as r; from proxy.config import load_settings; a = load_settings().admin; h = {'0.0.0.0': '127.0.0.1', '::': '::1'}.get(a.listen.host, a.listen.host); h = '[' + h + ']' if ':' in h else h; t = a.tls_cert is not None; r.urlopen(('https' if t else 'http') + '://' + h + ':' + str(a.listen.port) + '/healthz', timeout=4, context=ssl._create_unverified_context() if t else None)"]
 
 # SIGTERM: stop accepting, finish in-flight requests, flush the migration checkpoint.
 STOPSIGNAL SIGTERM
