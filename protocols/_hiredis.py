@@ -105,6 +105,7 @@ class _HiredisBatch(_Stream[T]):
         self._safe_size = min(limits.max_bulk_len, 6 * limits.max_array_len)
 
     def at_boundary(self) -> bool:
+        """See ``_Stream.at_boundary``."""
         if self._batch is not None:
             return self._clean and self._index == len(self._batch)
         return super().at_boundary()

@@ -71,6 +71,7 @@ class _Stream(Generic[T]):
         self._max_line = limits.max_inline_len
 
     def next(self) -> T | NeedData:
+        """The next complete value, or ``NEED_DATA`` (see the subclasses)."""
         raise NotImplementedError
 
     def at_boundary(self) -> bool:
@@ -104,7 +105,7 @@ class _Stream(Generic[T]):
             if keep < self._pos:
                 self._spill.append(self._buf[max(keep, 0) : self._pos])
         self._base += self._pos
-        self._buf, self._pos = data, 0
+        self._buf, self._pos, self._need = data, 0, 0  # a wait ends here, so does its need
 
     def _line_too_long(self, buf: bytes, pos: int, nl: int) -> bool:
         """Whether the line at ``pos`` (ending at ``nl``; unfinished if ``nl < 0``) is too long."""
@@ -183,6 +184,7 @@ class RequestDecoder(_Stream[list[bytes]]):
         self._start = 0
 
     def at_boundary(self) -> bool:
+        """See ``_Stream.at_boundary``."""
         return self._args is None and self._pos == len(self._buf) and not self._parts
 
     def next(self) -> list[bytes] | NeedData:
@@ -377,10 +379,14 @@ class ReplyDecoder(_Stream[Value]):
         self._start = 0
 
     def at_boundary(self) -> bool:
+        """See ``_Stream.at_boundary``."""
         return not self._stack and self._pos == len(self._buf) and not self._parts
 
     def next(self) -> Value | NeedData:
         """The next complete reply (a push or an attributed value counts as one).
+
+        The hot loop is deliberately one function: ``$``, ``+`` and ``:`` are parsed inline, every
+        other type goes through the type tables (``_other``), aggregates through a frame stack.
 
         Returns:
             The value, or ``NEED_DATA`` (``None`` is a value: a null).

@@ -28,6 +28,7 @@ class RespProtocolError(Exception):
 
     @property
     def resp_error(self) -> bytes:
+        """``ERR <message>``: the error line for the client, without ``-`` and CRLF."""
         return b"ERR " + self.message.encode("latin-1", "replace")
 
 
@@ -75,11 +76,20 @@ class Double:
 
     @property
     def value(self) -> float:
+        """The number (``float("inf")`` and ``nan`` included)."""
         return float(self.raw)
 
     @classmethod
     def from_float(cls, number: float) -> Double:
-        """The shortest text that reads back as ``number`` (``inf``, ``-inf``, ``nan``, ``3``)."""
+        """A double for an emulated reply, in the shortest text that reads back as ``number``.
+
+        Args:
+            number: any float.
+
+        Returns:
+            ``Double(b"1.5")``, ``Double(b"3")`` (no ``.0``, as Redis >= 7.2 writes it),
+            ``Double(b"inf")``, ``Double(b"-inf")``, ``Double(b"nan")``.
+        """
         if math.isinf(number) or math.isnan(number):
             return cls(repr(number).encode())
         text = repr(number)
@@ -108,6 +118,7 @@ class Map:
     items: list[Value]
 
     def pairs(self) -> list[tuple[Value, Value]]:
+        """``[(k1, v1), (k2, v2), ...]`` in wire order."""
         return list(zip(self.items[0::2], self.items[1::2], strict=True))
 
 

@@ -122,15 +122,25 @@ def drain(decoder: Decoder) -> list[object]:
     return values
 
 
-def outcome(cls: type[Decoder], chunks: Sequence[bytes], **kwargs: Any) -> list[object]:
-    """Every value the decoder returns for these chunks, then ("error", message) if it raises."""
+def outcome(
+    cls: type[Decoder], chunks: Sequence[bytes], takes: Sequence[int] = (), **kwargs: Any
+) -> list[object]:
+    """Every value the decoder returns for these chunks, then ("error", message) if it raises.
+
+    After feeding chunk ``i`` the consumer takes at most ``takes[i]`` values (all if absent)
+    before feeding the next one; whatever is left is drained at the end.
+    """
     decoder = cls(**kwargs)
     values: list[object] = []
     try:
-        for chunk in chunks:
+        for index, chunk in enumerate(chunks):
             decoder.feed(chunk)
-            while (value := decoder.next()) is not NEED_DATA:
+            limit = takes[index] if index < len(takes) else -1
+            while limit != 0 and (value := decoder.next()) is not NEED_DATA:
                 values.append(value)
+                limit -= 1
+        while (value := decoder.next()) is not NEED_DATA:
+            values.append(value)
     except RespProtocolError as error:
         values.append(("error", error.message))
     return values
@@ -399,25 +409,63 @@ def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
+_TAKES = st.lists(st.integers(0, 3), max_size=8)
+
+
 @FAST
-@given(data=st.one_of(st.binary(max_size=80), _soup(_REQUEST_TOKENS)), cuts=st.lists(st.integers()))
-def test_request_garbage_gives_commands_or_protocol_error(data: bytes, cuts: list[int]) -> None:
-    """h11's fuzz property, plus: hiredis and pure agree on every byte stream and every split."""
+@given(
+    data=st.one_of(st.binary(max_size=80), _soup(_REQUEST_TOKENS)),
+    cuts=st.lists(st.integers()),
+    takes=_TAKES,
+)
+def test_request_garbage_gives_commands_or_protocol_error(
+    data: bytes, cuts: list[int], takes: list[int]
+) -> None:
+    """h11's fuzz property, plus: hiredis and pure agree on every byte stream, every split and
+    every consumer that stops draining early."""
     chunks = _chunked(data, cuts)
     limits = RespLimits(max_inline_len=64, max_array_len=8, max_bulk_len=64)
-    expected = outcome(RequestDecoder, chunks, limits=limits)
-    assert outcome(HiredisRequestDecoder, chunks, limits=limits) == expected
-    assert outcome(RequestDecoder, [data], limits=limits) == expected
+    expected = outcome(RequestDecoder, [data], limits=limits)
+    for cls in (RequestDecoder, HiredisRequestDecoder):
+        assert outcome(cls, chunks, limits=limits) == expected
+        assert outcome(cls, chunks, takes, limits=limits) == expected
 
 
 @FAST
-@given(data=st.one_of(st.binary(max_size=80), _soup(_REPLY_TOKENS)), cuts=st.lists(st.integers()))
-def test_reply_garbage_gives_values_or_protocol_error(data: bytes, cuts: list[int]) -> None:
+@given(
+    data=st.one_of(st.binary(max_size=80), _soup(_REPLY_TOKENS)),
+    cuts=st.lists(st.integers()),
+    takes=_TAKES,
+)
+def test_reply_garbage_gives_values_or_protocol_error(
+    data: bytes, cuts: list[int], takes: list[int]
+) -> None:
     chunks = _chunked(data, cuts)
     limits = RespLimits(max_inline_len=64, max_array_len=8, max_bulk_len=64, max_depth=4)
-    expected = [typed(v) for v in outcome(ReplyDecoder, chunks, limits=limits)]
-    assert [typed(v) for v in outcome(HiredisReplyDecoder, chunks, limits=limits)] == expected
-    assert [typed(v) for v in outcome(ReplyDecoder, [data], limits=limits)] == expected
+    expected = [typed(v) for v in outcome(ReplyDecoder, [data], limits=limits)]
+    for cls in (ReplyDecoder, HiredisReplyDecoder):
+        assert [typed(v) for v in outcome(cls, chunks, limits=limits)] == expected
+        assert [typed(v) for v in outcome(cls, chunks, takes, limits=limits)] == expected
+
+
+@FAST
+@given(
+    sizes=st.lists(st.integers(0, 400), min_size=1, max_size=8),
+    cuts=st.lists(st.integers()),
+    takes=_TAKES,
+)
+def test_any_split_and_any_consumer_pace(
+    sizes: list[int], cuts: list[int], takes: list[int]
+) -> None:
+    """Values of very different sizes, cut anywhere, consumed a few at a time between feeds."""
+    commands = [[b"SET", b"k", bytes([65 + i % 26]) * size] for i, size in enumerate(sizes)]
+    replies: list[Value] = [c[2] if i % 2 else len(c[2]) for i, c in enumerate(commands)]
+    requests = b"".join(encode_command(c) for c in commands)
+    answers = b"".join(encode_reply(r) for r in replies)
+    for cls in (RequestDecoder, HiredisRequestDecoder):
+        assert outcome(cls, _chunked(requests, cuts), takes) == commands
+    for reply_cls in (ReplyDecoder, HiredisReplyDecoder):
+        assert outcome(reply_cls, _chunked(answers, cuts), takes) == replies
 
 
 # -- raw forwarding --------------------------------------------------------------------------
@@ -428,28 +476,47 @@ _ACTIONS = st.sampled_from(["keep", "keep", "replace", "drop"])
 def _check_forwarding(
     cls: type[Decoder], pieces: list[bytes], actions: list[str], cuts: list[int], early: list[int]
 ) -> None:
-    """Feed pieces in random chunks; replace/drop some values; forward() (sometimes mid-batch)."""
+    """Feed pieces in random chunks; replace/drop some values; forward() sometimes mid-batch,
+    and sometimes stop draining before the next feed (``early`` again)."""
     decoder = cls(keep_raw=True)
     expected = b"".join(
         p if a == "keep" else b"" if a == "drop" else b"<%d>" % i
         for i, (p, a) in enumerate(zip(pieces, actions, strict=True))
     )
     out, index = b"", 0
-    for chunk in _chunked(b"".join(pieces), cuts):
+
+    def step() -> bool:
+        nonlocal out, index
+        if decoder.next() is NEED_DATA:
+            return False
+        if actions[index] != "keep":
+            decoder.replace(b"" if actions[index] == "drop" else b"<%d>" % index)
+        if index in early:
+            out += decoder.forward()
+        index += 1
+        return True
+
+    for number, chunk in enumerate(_chunked(b"".join(pieces), cuts)):
         decoder.feed(chunk)
-        while decoder.next() is not NEED_DATA:
-            if actions[index] != "keep":
-                decoder.replace(b"" if actions[index] == "drop" else b"<%d>" % index)
-            if index in early:
-                out += decoder.forward()
-            index += 1
+        while step() and number not in early:
+            pass
         out += decoder.forward()
+    while step():
+        pass
+    out += decoder.forward()
     assert index == len(pieces) and out == expected
 
 
 @FAST
 @given(
-    commands=st.lists(st.lists(st.binary(max_size=6), min_size=1, max_size=3), max_size=8),
+    commands=st.lists(
+        st.lists(
+            st.one_of(st.binary(max_size=6), st.binary(min_size=100, max_size=300)),
+            min_size=1,
+            max_size=3,
+        ),
+        max_size=8,
+    ),
     data=st.data(),
 )
 def test_forwarding_requests(commands: list[list[bytes]], data: st.DataObject) -> None:
@@ -590,6 +657,27 @@ def test_long_reply_in_small_chunks_resumes(reply_cls: type[ReplyDecoder]) -> No
         got += drain(decoder)
     assert time.perf_counter() - started < 5
     assert got == [values]
+
+
+def test_feeding_again_before_draining_never_stalls(reply_cls: type[ReplyDecoder]) -> None:
+    """A satisfied wait (here for a 100-byte bulk) leaves no stale need behind."""
+    decoder = reply_cls()
+    decoder.feed(b"$100\r\n" + b"a" * 50)
+    assert decoder.next() is NEED_DATA
+    decoder.feed(b"a" * 50 + b"\r\n:1\r\n:2\r\n")
+    assert decoder.next() == b"a" * 100
+    decoder.feed(b":3\r\n")
+    assert drain(decoder) == [1, 2, 3]
+
+
+def test_feeding_again_before_draining_requests(request_cls: type[RequestDecoder]) -> None:
+    decoder = request_cls()
+    decoder.feed(b"*1\r\n$100\r\n" + b"a" * 50)
+    assert decoder.next() is NEED_DATA
+    decoder.feed(b"a" * 50 + b"\r\n" + encode_command([b"A"]) + encode_command([b"B"]))
+    assert decoder.next() == [b"a" * 100]
+    decoder.feed(encode_command([b"C"]))
+    assert drain(decoder) == [[b"A"], [b"B"], [b"C"]]
 
 
 def test_split_args_directly() -> None:
