@@ -404,3 +404,32 @@ def mark_migration_complete(
         _commit(kr, now, classes=_set(kr, c, kind, series)),
         (_event("migration.complete", c, kind, version, pass_id=pass_id),),
     )
+
+
+def set_items(
+    kr: Keyring, store: str, counts: Mapping[tuple[int, int], int], now: datetime
+) -> Change:
+    """Records how many items of ``store`` a full pass found per (class id, master version).
+
+    Versions a pass did not see get 0: a full pass saw everything there is.
+    """
+    classes = dict(kr.classes)
+    for name, c in kr.classes.items():
+        series = []
+        for v in c.versions:
+            if v.state is State.DESTROYED:
+                series.append(v)
+                continue
+            items = {**v.items, store: counts.get((c.id, v.version), 0)}
+            series.append(dataclasses.replace(v, items=items, items_as_of=now))
+        classes[name] = c.with_series(KeyKind.MASTER, tuple(series))
+    return Change(
+        _commit(kr, now, classes=classes),
+        (
+            {
+                "event": "migration.census",
+                "store": store,
+                "items": {f"{c}/{v}": n for (c, v), n in sorted(counts.items())},
+            },
+        ),
+    )
