@@ -1217,3 +1217,6 @@ def test_scrape_config_finds_the_sidecar() -> None:
     assert not any("init" in str(r.get("source_labels")) for r in job["relabel_configs"]), (
         "native sidecars are init containers: do not drop them"
     )
+    # the certificate docs/DEPLOY.md tells operators to make carries the name Prometheus checks
+    san = f"subjectAltName=DNS:{job['tls_config']['server_name']}"
+    assert san in (ROOT / "docs" / "DEPLOY.md").read_text()
