@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -725,7 +726,7 @@ def test_sidecar_is_native_hardened_and_sized() -> None:
 
 
 @pytest.fixture
-def test_secrets(redis_url: str) -> dict[str, dict[str, bytes]]:
+def pod_secrets(redis_url: str) -> dict[str, dict[str, bytes]]:
     """What the operator's ``kubectl create secret`` commands would hold -- for a test."""
     values = {
         "root-key": base64.b64encode(os.urandom(32)).decode(),
@@ -758,10 +759,10 @@ def pod_settings(pod: Pod) -> Settings:
 
 
 def test_probes_ports_and_paths_match_the_config(
-    tmp_path: Path, test_secrets: dict[str, dict[str, bytes]]
+    tmp_path: Path, pod_secrets: dict[str, dict[str, bytes]]
 ) -> None:
     docs = rendered("")
-    pod = make_pod(tmp_path, docs, "Deployment", VEIL, test_secrets)
+    pod = make_pod(tmp_path, docs, "Deployment", VEIL, pod_secrets)
     s = pod_settings(pod)
     assert s.admin.listen is not None and s.redis.listen is not None and s.s3.listen is not None
     tls = s.admin.tls_cert is not None
@@ -866,7 +867,7 @@ def test_network_policy_opens_admin_to_monitoring_only() -> None:
 
 def test_pod_keys_init_job_then_sidecar_probes_scrape_and_sigterm(
     tmp_path: Path,
-    test_secrets: dict[str, dict[str, bytes]],
+    pod_secrets: dict[str, dict[str, bytes]],
     redis_server: RedisServer,
     launched: list[Running],
     request: pytest.FixtureRequest,
@@ -874,14 +875,19 @@ def test_pod_keys_init_job_then_sidecar_probes_scrape_and_sigterm(
     docs = rendered("bootstrap")
     runtime = dockerfile()[1][-1]
     # the Job: `veil keys init` with the Job's env and volumes; idempotent on a second run
-    job = make_pod(tmp_path / "job", docs, "Job", VEIL, test_secrets)
+    job = make_pod(tmp_path / "job", docs, "Job", VEIL, pod_secrets)
     job_cwd = job.path(runtime.last("WORKDIR"))
     job_argv = exec_form(runtime.last("ENTRYPOINT")) + job.container["args"]
-    assert "ready in redis://" in run_image(job_argv, base_env(job.env), job_cwd)
-    assert "already initialized" in run_image(job_argv, base_env(job.env), job_cwd)
+    job_env = base_env(job.env)
+    list_argv = [*exec_form(runtime.last("ENTRYPOINT")), "keys", "list", "--json"]
+    run_image(job_argv, job_env, job_cwd)
+    keyring = json.loads(run_image(list_argv, job_env, job_cwd))
+    assert [v["state"] for v in keyring["versions"]] == ["active"]
+    run_image(job_argv, job_env, job_cwd)
+    assert json.loads(run_image(list_argv, job_env, job_cwd)) == keyring, "init is idempotent"
 
     # the sidecar: ENTRYPOINT + CMD with the Deployment's env and volumes
-    pod = make_pod(tmp_path / "pod", docs, "Deployment", VEIL, test_secrets)
+    pod = make_pod(tmp_path / "pod", docs, "Deployment", VEIL, pod_secrets)
     s = pod_settings(pod)
     overrides = listener_env(s)
     overrides[KEYS["redis.upstream"].env] = redis_server.url.replace("/0", "/1")
@@ -924,8 +930,8 @@ def test_pod_keys_init_job_then_sidecar_probes_scrape_and_sigterm(
     (scrape,) = load_yaml(MONITORING / "prometheus-scrape-config.yaml")
     job_cfg = scrape["scrape_configs"][0]
     assert job_cfg["scheme"] == "https"
-    ctx = ssl.create_default_context(cadata=test_secrets["veil-admin-tls"]["ca.crt"].decode())
-    token = test_secrets["veil-secrets"]["admin-tokens"].decode().partition("=")[2]
+    ctx = ssl.create_default_context(cadata=pod_secrets["veil-admin-tls"]["ca.crt"].decode())
+    token = pod_secrets["veil-secrets"]["admin-tokens"].decode().partition("=")[2]
     with socket.create_connection(("127.0.0.1", admin), 5) as raw:
         with ctx.wrap_socket(raw, server_hostname=job_cfg["tls_config"]["server_name"]) as tls:
             tls.sendall(
@@ -951,9 +957,10 @@ def test_pod_keys_init_job_then_sidecar_probes_scrape_and_sigterm(
 
 
 @cache
-def exposed() -> dict[str, frozenset[str]]:
-    """Sample name -> label names, as veil's own registry exposes them (every labelled series
-    given one child so that it shows up)."""
+def registry() -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    """veil's own registry as Prometheus sees it: sample name -> label names, and family ->
+    its sample names (without ``_created``). Every labelled series gets one child first, so
+    that it shows up at all."""
     from prometheus_client.metrics import MetricWrapperBase
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -964,26 +971,24 @@ def exposed() -> dict[str, frozenset[str]]:
     m.hot.requests[("resp", "other", "ok")] += 1
     m.hot.encrypts[("redis", "1")] += 1
     m.hot.decrypts[("redis", "1")] += 1
-    out: dict[str, set[str]] = {}
+    samples: dict[str, set[str]] = {}
+    fams: dict[str, frozenset[str]] = {}
     for fam in text_string_to_metric_families(m.render().decode()):
         assert fam.samples, f"{fam.name}: no sample -- give it one above"
         for sample in fam.samples:
-            out.setdefault(sample.name, set()).update(sample.labels)
-    return {k: frozenset(v) for k, v in out.items()}
+            samples.setdefault(sample.name, set()).update(sample.labels)
+        names = frozenset(x.name for x in fam.samples if not x.name.endswith("_created"))
+        if names:  # the text format shows a counter's ``_created`` as a family of its own
+            fams[fam.name] = names
+    return {k: frozenset(v) for k, v in samples.items()}, fams
 
 
-def families() -> dict[str, set[str]]:
-    """Family name -> its sample names."""
-    from prometheus_client.parser import text_string_to_metric_families
+def exposed() -> dict[str, frozenset[str]]:
+    return registry()[0]
 
-    names = set(exposed())
-    m = Metrics()
-    out: dict[str, set[str]] = {}
-    for fam in text_string_to_metric_families(m.render().decode()):
-        out[fam.name] = {n for n in names if n == fam.name or n.startswith(fam.name + "_")} - {
-            f"{fam.name}_created"
-        }
-    return out
+
+def families() -> dict[str, frozenset[str]]:
+    return registry()[1]
 
 
 def target_labels() -> frozenset[str]:
