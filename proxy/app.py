@@ -67,6 +67,7 @@ class Context:
     audit: Callable[[dict[str, Any]], None]
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     listeners: dict[str, Listener] = field(default_factory=dict)
+    engine: Any = None  # proxy.rotation.engine.Engine when a store is migrated
 
 
 def describe_features(features: frozenset[str]) -> str:
@@ -159,12 +160,58 @@ class App:
         await runtime.heartbeat()
         self._tasks.append(asyncio.create_task(runtime.run(), name="veil-keyring"))
         self._tasks.append(asyncio.create_task(self._anchor_loop(chain, store), name="veil-anchor"))
+        ctx.engine = self._engine(ctx)
+        if ctx.engine is not None:
+            self._tasks.append(asyncio.create_task(ctx.engine.run(), name="veil-rotation"))
         for name in _enabled(s):
             start = (self._starters or {}).get(name) or _load(LISTENERS[name])
             listener = await start(ctx)
             ctx.listeners[name] = listener
             log.info("%s listening on %s:%d", name, *listener.address)
         return ctx
+
+    def _engine(self, ctx: Context) -> Any:
+        """The rotation engine over the stores this sidecar fronts (None if it fronts none)."""
+        from proxy.rotation.engine import Engine
+
+        s = ctx.settings
+        walkers: list[Any] = []
+        if s.redis.listen is not None:
+            import redis.asyncio as aioredis
+
+            from proxy.redis.values import RedisValues
+            from proxy.rotation.redis_walk import RedisMigrator, RedisWalker
+
+            clients: dict[int, Any] = {}
+            url = s.redis.upstream.reveal()
+
+            def client(db: int) -> Any:
+                if db not in clients:
+                    clients[db] = aioredis.Redis.from_url(url, db=db, socket_timeout=10)
+                return clients[db]
+
+            values = RedisValues(s.redis, s.keys, ctx.runtime)
+            ctx.runtime.listeners.append(lambda ks: values.reset())
+            walkers.append(RedisWalker(RedisMigrator(values, client, s.reencrypt.batch)))
+        if not walkers:
+            return None
+        ops = wiring.build_ops(s, ctx.store, ctx.runtime.provider)
+        ops.audit = ctx.audit
+        return Engine(
+            runtime=ctx.runtime,
+            store=ctx.store,
+            ops=ops,
+            metrics=ctx.metrics,
+            audit=ctx.audit,
+            walkers=walkers,
+            rate=s.reencrypt.rate,
+            lease_ttl=s.reencrypt.lease_ttl,
+            breaker_threshold=s.reencrypt.breaker_threshold,
+            breaker_window=s.reencrypt.breaker_window,
+            rotation_periods={c.name: c.rotation_period for c in s.keys.classes},
+            auto_revoke=s.keys.auto_revoke,
+            clock=ctx.clock,
+        )
 
     def _on_keyring(self, ks: KeySet) -> None:
         m = self.metrics

@@ -82,6 +82,7 @@ def build(ctx: Context) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/keys", keys)
     app.router.add_routes(keys_api.routes(ctx))
+    app.router.add_routes(keys_api.reencrypt_routes(ctx))
     return app
 
 

@@ -179,3 +179,28 @@ def routes(ctx: Context) -> list[web.RouteDef]:
         web.post("/v1/keys/{version}/{action}", lifecycle),
         web.post("/v1/index-keys/{version}/{action}", lifecycle),
     ]
+
+
+def reencrypt_routes(ctx: Context) -> list[web.RouteDef]:
+    """``GET /v1/reencrypt`` and ``POST /v1/reencrypt/start|pause|resume`` (SPEC 9)."""
+    from proxy.rotation import commands
+
+    names = commands.stores_of(ctx.settings)
+    actions = {"start": commands.start, "pause": commands.pause, "resume": commands.resume}
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(await commands.status(ctx.store, names))
+
+    async def act(request: web.Request) -> web.Response:
+        fn = actions.get(request.match_info["action"])
+        if fn is None:
+            return error(404, f"unknown action {request.match_info['action']!r}")
+        try:
+            actor = actor_of(ctx, request)
+            ctx.audit({"event": f"reencrypt.{request.match_info['action']}", "actor": actor})
+            body = await fn(ctx.store, names, ctx.clock())
+        except VeilError as e:
+            return error(e.http_status, e.message)
+        return web.json_response(body)
+
+    return [web.get("/v1/reencrypt", status), web.post("/v1/reencrypt/{action}", act)]

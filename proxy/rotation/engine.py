@@ -115,6 +115,7 @@ class Engine:
         self._clean: dict[str, dict[str, str]] = {name: {} for name in self.walkers}
         self._census: dict[str, dict[tuple[int, int], int]] = {}  # store -> items per version
         self._lease_at = 0.0
+        self._next_pass_at = 0.0
 
     # --- control -------------------------------------------------------------------------
 
@@ -166,9 +167,15 @@ class Engine:
         plan, emergency = self.plan(kr)
         if kr.is_frozen(self.clock()) and not emergency:
             return
-        if self._work(kr) or ctl.get("start_requested") or emergency:
-            for name in self.walkers:
-                await self.run_pass(name, plan)
+        loop = asyncio.get_running_loop()
+        due = loop.time() >= self._next_pass_at
+        if (self._work(kr) and due) or ctl.get("start_requested") or emergency:
+            began = loop.time()
+            results = [await self.run_pass(name, plan) for name in self.walkers]
+            if not all(r.complete for r in results):
+                # something is left (a concurrent writer, a stream entry...): walk again later,
+                # not in a tight loop; operators can `veil reencrypt start` any time
+                self._next_pass_at = loop.time() + max(60.0, 2 * (loop.time() - began))
             if ctl.get("start_requested"):
                 await self.set_control(start_requested=None)
             await self.complete()
@@ -219,6 +226,8 @@ class Engine:
                 }
             )
         status.state = RUNNING
+        self.breaker.reset()  # a new or resumed pass starts with a closed breaker
+        self.metrics.breaker_open.labels(name).set(0)
         self.status[name] = status
         limiter = RateLimiter(0 if plan.compromised_only else self.rate)
         started = self.clock()

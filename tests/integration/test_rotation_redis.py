@@ -294,3 +294,71 @@ async def test_legacy_plaintext_is_encrypted_in_place_when_allowed(
 
 def test_random_values_do_not_start_with_the_magic() -> None:
     assert all(os.urandom(8)[:3] != MAGIC for _ in range(1000))
+
+
+async def veil_cli(rig: Rig, tmp: Path, *args: str) -> tuple[int, str, str]:
+    import asyncio
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VEIL_")}
+    env.update(
+        {
+            "VEIL_KEYS_STORE": f"file:{tmp / 'keyring.json'}",
+            "VEIL_KEYS_ROOT_KEY_FILE": str(tmp / "root.key"),
+            "VEIL_REDIS_LISTEN": "127.0.0.1:16380",
+            "VEIL_REDIS_UPSTREAM": rig.url,
+            "VEIL_S3_LISTEN": "off",
+        }
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "veil",
+        *args,
+        env=env,
+        cwd=tmp,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_reencrypt_cli_status_wait_pause_resume(rig: Rig, tmp_path: Path) -> None:
+    import json
+
+    await fill(rig, 50)
+    await rig.rotate()
+    code, out, _ = await veil_cli(rig, tmp_path, "reencrypt", "start", "--dry-run", "--json")
+    plan = json.loads(out)
+    assert code == 0 and plan["versions"][0]["version"] == 1
+    code, out, _ = await veil_cli(rig, tmp_path, "reencrypt", "status", "--wait", "--timeout", "1")
+    assert code == 3  # nothing has run yet
+    assert (await veil_cli(rig, tmp_path, "reencrypt", "pause"))[0] == 0
+    engine = rig.engine()
+    await engine.tick()
+    assert (await all_versions(rig))["string"] == {1}  # paused: nothing moved
+    code, out, _ = await veil_cli(rig, tmp_path, "reencrypt", "status", "--json")
+    assert json.loads(out)["state"] == "paused"
+    assert (await veil_cli(rig, tmp_path, "reencrypt", "resume"))[0] == 0
+    await engine.tick()
+    code, out, _ = await veil_cli(
+        rig, tmp_path, "reencrypt", "status", "--wait", "--timeout", "5", "--json"
+    )
+    body = json.loads(out)
+    assert code == 0 and body["stores"]["redis"]["complete"]
+    code, out, _ = await veil_cli(rig, tmp_path, "reencrypt", "status")
+    assert "COMPLETE" in out
+
+
+async def test_breaker_blocks_start_until_resumed(rig: Rig, tmp_path: Path) -> None:
+    await fill(rig, 10)
+    for i in range(6):
+        stored = bytearray(await rig.r.get(f"s:{i}"))
+        stored[-2] ^= 1
+        await rig.r.set(f"s:{i}", bytes(stored))
+    await rig.rotate()
+    await rig.engine().tick()
+    code, _, err = await veil_cli(rig, tmp_path, "reencrypt", "start")
+    assert code == 3 and "breaker" in err
+    assert (await veil_cli(rig, tmp_path, "reencrypt", "resume"))[0] == 0
+    code, out, _ = await veil_cli(rig, tmp_path, "reencrypt", "status")
+    assert "breaker_open" not in out
