@@ -27,6 +27,7 @@ from proxy.keys.model import State
 from proxy.keys.runtime import KeyringRuntime
 from proxy.keys.stores import KeyringStore
 from proxy.metrics import Metrics
+from proxy.rotation.lazy import LazyQueue
 
 log = logging.getLogger("veil")
 
@@ -68,6 +69,27 @@ class Context:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     listeners: dict[str, Listener] = field(default_factory=dict)
     engine: Any = None  # proxy.rotation.engine.Engine when a store is migrated
+    # store -> LazyQueue: read paths call ``ctx.lazy["redis"].note((db, key))`` on old versions
+    lazy: dict[str, Any] = field(default_factory=dict)
+
+
+def lazy_redis(
+    engine: Any, migrator: Any
+) -> Callable[[list[tuple[int, bytes]]], Coroutine[Any, Any, None]]:
+    """Rewrites a batch of (db, key) items the read path met on old versions."""
+    from proxy.rotation.redis_walk import Tally
+
+    async def handle(items: list[tuple[int, bytes]]) -> None:
+        plan = engine.plan(engine.runtime.keyset.keyring)[0]
+        by_db: dict[int, list[bytes]] = {}
+        for db, key in items:
+            by_db.setdefault(db, []).append(key)
+        for db, keys in by_db.items():
+            tally = Tally()
+            await migrator.migrate_keys(db, keys, plan, tally)
+            engine._count("redis", tally)
+
+    return handle
 
 
 def describe_features(features: frozenset[str]) -> str:
@@ -192,12 +214,14 @@ class App:
 
             values = RedisValues(s.redis, s.keys, ctx.runtime)
             ctx.runtime.listeners.append(lambda ks: values.reset())
-            walkers.append(RedisWalker(RedisMigrator(values, client, s.reencrypt.batch)))
+            migrator = RedisMigrator(values, client, s.reencrypt.batch)
+            walkers.append(RedisWalker(migrator))
+            ctx.lazy["redis"] = LazyQueue("redis", ctx.metrics)
         if not walkers:
             return None
         ops = wiring.build_ops(s, ctx.store, ctx.runtime.provider)
         ops.audit = ctx.audit
-        return Engine(
+        engine = Engine(
             runtime=ctx.runtime,
             store=ctx.store,
             ops=ops,
@@ -212,6 +236,11 @@ class App:
             auto_revoke=s.keys.auto_revoke,
             clock=ctx.clock,
         )
+        if "redis" in ctx.lazy:
+            handle = lazy_redis(engine, migrator)
+            task = ctx.lazy["redis"].run(handle, allowed=engine.lazy_allowed)
+            self._tasks.append(asyncio.create_task(task, name="veil-lazy-redis"))
+        return engine
 
     def _on_keyring(self, ks: KeySet) -> None:
         m = self.metrics

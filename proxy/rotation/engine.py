@@ -125,6 +125,13 @@ class Engine:
     async def set_control(self, **changes: Any) -> None:
         await self.store.put_state(CONTROL, {**await self.control(), **changes})
 
+    async def lazy_allowed(self) -> bool:
+        """Lazy re-encryption follows pause and freeze (emergencies excepted)."""
+        if (await self.control()).get("paused"):
+            return False
+        kr = self.runtime.keyset.keyring
+        return not kr.is_frozen(self.clock()) or self.plan(kr)[1]
+
     async def status_json(self) -> dict[str, Any]:
         """``veil reencrypt status --json`` (SPEC 12), from the store: any sidecar can answer."""
         stores = {}
