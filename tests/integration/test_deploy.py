@@ -911,7 +911,8 @@ def test_pod_keys_init_job_then_sidecar_probes_scrape_and_sigterm(
 
     ready = pod.container["readinessProbe"]
     command = interpreter(ready["exec"]["command"])
-    command[-1] = command[-1].replace(f":{s.admin.listen.port}/", f":{admin}/")  # type: ignore[union-attr]
+    assert s.admin.listen is not None
+    command[-1] = command[-1].replace(f":{s.admin.listen.port}/", f":{admin}/")
     result = subprocess.run(
         command, env=env, capture_output=True, timeout=ready["timeoutSeconds"], check=False
     )
