@@ -152,7 +152,7 @@ class _HiredisBatch(_Stream[T]):
         if not at_boundary or self._pos or not self._eligible(self._buf):
             return
         if self._keep_raw and self._last_end > self._run:
-            self._out.append(self._take(self._last_end))
+            self._out.append(self._take(self._last_end))  # the spill keeps what follows it
         if not self._fresh:
             self._reader = hiredis.Reader(notEnoughData=_INCOMPLETE)
         self._reader.feed(self._buf)
@@ -196,7 +196,7 @@ class _HiredisBatch(_Stream[T]):
         last = self._index - 1
         if self._run_index > last:
             raise RuntimeError("replace() needs a value returned by next()")
-        if self._run_index < last:
+        if self._run_index < last or self._spill:
             self._out.append(self._raw(self._run_index, last))
         self._out.append(data)
         self._run_index = last + 1
@@ -209,7 +209,10 @@ class _HiredisBatch(_Stream[T]):
         return super().forward()
 
     def _raw(self, first: int, stop: int) -> bytes:
-        return self._buf[self._offset(first) : self._offset(stop)]
+        raw = self._buf[self._offset(first) : self._offset(stop)]
+        if self._spill:  # bytes of requests Redis ignores (*0, blank lines) just before the batch
+            raw, self._spill = b"".join([*self._spill, raw]), []
+        return raw
 
     def _offset(self, index: int) -> int:
         """Where batch value ``index`` starts (``len(batch)``: where the batch ends)."""
@@ -229,7 +232,8 @@ class _HiredisBatch(_Stream[T]):
         del batch[self._index :]  # pulled but never handed out: the pure decoder re-reads them
         end = self._offset(self._index)
         if self._keep_raw:
-            self._run = self._base + self._offset(self._run_index)
+            if self._run_index:  # else the run still starts in the spill, before the batch
+                self._run = self._base + self._offset(self._run_index)
             if batch:
                 self._last_start = self._base + self._offset(self._index - 1)
         if batch:

@@ -471,18 +471,30 @@ def test_any_split_and_any_consumer_pace(
 # -- raw forwarding --------------------------------------------------------------------------
 
 _ACTIONS = st.sampled_from(["keep", "keep", "replace", "drop"])
+_IGNORED = (b"*0\r\n", b"*-1\r\n", b"\r\n", b"  \n")  # requests Redis skips silently
 
 
 def _check_forwarding(
-    cls: type[Decoder], pieces: list[bytes], actions: list[str], cuts: list[int], early: list[int]
+    cls: type[Decoder],
+    pieces: list[bytes],
+    actions: list[str],
+    cuts: list[int],
+    early: list[int],
+    ignored: frozenset[int] = frozenset(),
 ) -> None:
     """Feed pieces in random chunks; replace/drop some values; forward() sometimes mid-batch,
-    and sometimes stop draining before the next feed (``early`` again)."""
+    and sometimes stop draining before the next feed (``early`` again). Pieces in ``ignored``
+    produce no value (empty requests): they travel with the run they sit in."""
     decoder = cls(keep_raw=True)
+    values = [i for i in range(len(pieces)) if i not in ignored]
+    label = {piece: b"<%d>" % number for number, piece in enumerate(values)}
+    last = values[-1] if values else -1
     expected = b"".join(
-        p if a == "keep" else b"" if a == "drop" else b"<%d>" % i
+        p if i in ignored or a == "keep" else b"" if a == "drop" else label[i]
         for i, (p, a) in enumerate(zip(pieces, actions, strict=True))
+        if i <= last
     )
+    actions = [actions[i] for i in values]
     out, index = b"", 0
 
     def step() -> bool:
@@ -496,7 +508,8 @@ def _check_forwarding(
         index += 1
         return True
 
-    for number, chunk in enumerate(_chunked(b"".join(pieces), cuts)):
+    chunks = pieces if not cuts else _chunked(b"".join(pieces), cuts)  # [] = a write per piece
+    for number, chunk in enumerate(chunks):
         decoder.feed(chunk)
         while step() and number not in early:
             pass
@@ -504,7 +517,7 @@ def _check_forwarding(
     while step():
         pass
     out += decoder.forward()
-    assert index == len(pieces) and out == expected
+    assert index == len(actions) and out == expected
 
 
 @FAST
@@ -521,10 +534,14 @@ def _check_forwarding(
 )
 def test_forwarding_requests(commands: list[list[bytes]], data: st.DataObject) -> None:
     pieces = [encode_command(c) for c in commands]
+    for _ in range(data.draw(st.integers(0, 3))):  # ignored empty commands and inline ones
+        extra = data.draw(st.sampled_from([*_IGNORED, b"PING\r\n", b"ECHO 'a b'\n"]))
+        pieces.insert(data.draw(st.integers(0, len(pieces))), extra)
+    ignored = frozenset(i for i, piece in enumerate(pieces) if piece in _IGNORED)
     actions = data.draw(st.lists(_ACTIONS, min_size=len(pieces), max_size=len(pieces)))
     cuts, early = data.draw(st.lists(st.integers())), data.draw(st.lists(st.integers(0, 8)))
     for cls in (RequestDecoder, HiredisRequestDecoder):
-        _check_forwarding(cls, pieces, actions, cuts, early)
+        _check_forwarding(cls, pieces, actions, cuts, early, ignored)
 
 
 @FAST
