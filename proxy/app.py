@@ -156,6 +156,7 @@ class App:
 
         runtime = wiring.build_runtime(s, store, provider, on_event=audit)
         runtime.listeners.append(self._on_keyring)
+        runtime.on_load.append(lambda ks: self.metrics.keyring_reload.set(ks.loaded_at.timestamp()))
         await runtime.start()
         log.info(
             "keyring %s revision %d loaded from %s (sidecar %s)",
@@ -245,7 +246,6 @@ class App:
     def _on_keyring(self, ks: KeySet) -> None:
         m = self.metrics
         m.keyring_revision.set(ks.revision)
-        m.keyring_reload.set(ks.loaded_at.timestamp())
         counts = dict.fromkeys(State, 0)
         for _, _, v in ks.keyring.all_versions():
             counts[v.state] += 1

@@ -211,7 +211,8 @@ class KeyringRuntime:
         self._sealers: dict[tuple[int, int], SmallSealer] = {}
         self._reloading: asyncio.Future[None] | None = None
         self.meta_key: bytes | None = None
-        self.listeners: list[Callable[[KeySet], None]] = []
+        self.listeners: list[Callable[[KeySet], None]] = []  # called with each new revision
+        self.on_load: list[Callable[[KeySet], None]] = []  # called after every store read
 
     # --- state ---------------------------------------------------------------------------
 
@@ -328,6 +329,8 @@ class KeyringRuntime:
         self._write_local_copy(kr)
         for listener in self.listeners:
             listener(ks)
+        for callback in self.on_load:
+            callback(ks)
         return ks
 
     def _write_local_copy(self, kr: Keyring) -> None:
@@ -357,6 +360,8 @@ class KeyringRuntime:
             return True
         if current is not None and int(doc["revision"]) == current.revision:
             self._keyset = dataclasses.replace(current, loaded_at=self._clock())
+            for callback in self.on_load:
+                callback(self._keyset)
             return False
         kr = Keyring.from_json(doc)
         if current is not None and kr.keyring_id != current.keyring_id:
@@ -416,6 +421,8 @@ class KeyringRuntime:
             {
                 "revision": ks.revision if ks else 0,
                 "keyring_id": ks.keyring_id.hex() if ks else None,
+                # messages sealed per class/version by this process: the nonce budget's input
+                "encryptions": {f"{c}/{v}": n for (c, v), n in self.encryptions().items()},
             },
         )
 

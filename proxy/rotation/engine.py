@@ -58,6 +58,8 @@ from proxy.rotation.redis_walk import Plan, Tally
 log = logging.getLogger("veil.rotation")
 LEASE = "reencrypt"
 CONTROL = "reencrypt:control"
+NONCE_BUDGET = 2**48  # encryptions per version (docs/FORMAT.md section 3.1)
+ROTATE_AT = 0.5  # scheduled rotation when a version has used half its budget
 
 
 class Walker(Protocol):
@@ -165,8 +167,10 @@ class Engine:
         """One round of the lease holder's work."""
         await self.runtime.refresh()
         kr = self.runtime.keyset.keyring
+        used = await self.nonce_budget()
         if not kr.is_frozen(self.clock()):
-            await self.scheduled_rotation(kr)
+            await self.scheduled_rotation(kr, used)
+            await self.runtime.refresh()
         ctl = await self.control()
         if ctl.get("paused"):
             return
@@ -410,8 +414,30 @@ class Engine:
 
     # --- scheduled rotation --------------------------------------------------------------
 
-    async def scheduled_rotation(self, kr: Keyring) -> None:
+    async def nonce_budget(self) -> dict[str, float]:
+        """Fraction of the nonce budget used per "class/version", summed over every sidecar
+        that ever reported (a restarted process reports under a new id; old reports stay)."""
+        beats = await self.store.heartbeats()
+        seen = await self.store.get_state("nonce-budget") or {}
+        for sidecar, beat in beats.items():
+            counts = beat.get("encryptions") or {}
+            if counts:
+                seen[sidecar] = {
+                    k: max(int(n), int(seen.get(sidecar, {}).get(k, 0))) for k, n in counts.items()
+                }
+        await self.store.put_state("nonce-budget", seen)
+        totals: dict[str, int] = {}
+        for counts in seen.values():
+            for k, n in counts.items():
+                totals[k] = totals.get(k, 0) + int(n)
+        ratios = {k: n / NONCE_BUDGET for k, n in totals.items()}
+        for k, r in ratios.items():
+            self.metrics.nonce_budget.labels(k.split("/")[-1]).set(r)
+        return ratios
+
+    async def scheduled_rotation(self, kr: Keyring, used: dict[str, float] | None = None) -> None:
         now = self.clock()
+        used = used or {}
         for c in kr.classes.values():
             period = self.rotation_periods.get(c.name)
             pending = [v for v in c.versions if v.state is State.PENDING]
@@ -420,9 +446,11 @@ class Engine:
                     await self.ops.promote(c.name, pending[0].version)
                 continue
             active = c.active(KeyKind.MASTER)
-            if period is None or active is None or active.activated is None:
+            if active is None or active.activated is None:
                 continue
-            if now - active.activated >= timedelta(seconds=period):
+            worn = used.get(f"{c.id}/{active.version}", 0.0) >= ROTATE_AT
+            due = period is not None and now - active.activated >= timedelta(seconds=period)
+            if worn or due:
                 with contextlib.suppress(RefusedError):
                     change = await self.ops.rotate(c.name)
                     log.warning(

@@ -106,7 +106,10 @@ async def test_sidecar_notices_changes_and_heartbeats(
     await rt.refresh()
     assert rt.sealer(0).version == 2 and rt.keyset.revision > ks.revision
     assert rt.keyset.opener.open(env, CTX) == (b"v1 value", 1)
-    assert not await rt.refresh()  # nothing changed: no new snapshot
+    loads: list[int] = []
+    rt.on_load.append(lambda ks: loads.append(ks.revision))
+    assert not await rt.refresh()  # nothing changed: no new snapshot...
+    assert loads == [rt.keyset.revision]  # ...but a fresh read (the reload timestamp moves)
 
 
 async def test_promote_waits_for_a_lagging_sidecar(

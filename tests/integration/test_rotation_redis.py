@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from datetime import timedelta
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -362,3 +363,36 @@ async def test_breaker_blocks_start_until_resumed(rig: Rig, tmp_path: Path) -> N
     assert (await veil_cli(rig, tmp_path, "reencrypt", "resume"))[0] == 0
     code, out, _ = await veil_cli(rig, tmp_path, "reencrypt", "status")
     assert "breaker_open" not in out
+
+
+async def test_scheduled_rotation_by_age_and_by_nonce_budget(rig: Rig) -> None:
+    clock = rig.runtime._clock
+    engine = rig.engine(rotation_periods={"default": 3600.0})
+    await engine.tick()
+    assert [v.state.value for v in rig.runtime.keyset.keyring.cls("default").versions] == ["active"]
+    rig.runtime._clock = lambda: clock() + timedelta(hours=2)
+    engine.clock = rig.ops.clock = rig.runtime._clock
+    await engine.tick()  # due: a pending version is added...
+    await rig.runtime.refresh()
+    await rig.runtime.heartbeat()
+    await engine.tick()  # ...and promoted once every live sidecar holds it
+    states = [v.state.value for v in rig.runtime.keyset.keyring.cls("default").versions]
+    assert states == ["retired", "active"]
+    # a frozen keyring postpones it
+    await rig.ops.freeze(rig.runtime._clock() + timedelta(days=1), "x")
+    await rig.runtime.refresh()
+    rig.runtime._clock = lambda: clock() + timedelta(hours=5)
+    engine.clock = rig.ops.clock = rig.runtime._clock
+    await engine.tick()
+    assert len(rig.runtime.keyset.keyring.cls("default").versions) == 2
+    await rig.ops.unfreeze()
+    # the nonce budget: a sidecar reports 60% of 2^48 messages under the active version
+    await rig.runtime.store.put_state("nonce-budget", {"old-sidecar": {"0/2": int(0.6 * 2**48)}})
+    engine.rotation_periods = {}
+    await engine.tick()
+    assert rig.runtime.keyset.keyring.cls("default").versions[-1].state.value in (
+        "pending",
+        "active",
+    )
+    assert len(rig.runtime.keyset.keyring.cls("default").versions) == 3
+    assert engine.metrics.nonce_budget.labels("2")._value.get() >= 0.59
