@@ -41,7 +41,7 @@ from proxy.keys import lifecycle
 from proxy.keys.lifecycle import Change, Policy
 from proxy.keys.model import Keyring, State, rfc3339
 from proxy.keys.ops import KeyOps
-from proxy.keys.runtime import KeyringRuntime, acknowledged
+from proxy.keys.runtime import KeyringRuntime, acknowledged, live_sidecars
 from proxy.keys.stores import KeyringStore
 from proxy.metrics import Metrics
 from proxy.rotation.control import (
@@ -167,6 +167,10 @@ class Engine:
         """One round of the lease holder's work."""
         await self.runtime.refresh()
         kr = self.runtime.keyset.keyring
+        beats = await self.store.heartbeats()
+        self.metrics.sidecars_live.set(
+            len(live_sidecars(beats, self.runtime.heartbeat_interval, self.clock())) or 1
+        )
         used = await self.nonce_budget()
         if not kr.is_frozen(self.clock()):
             await self.scheduled_rotation(kr, used)
@@ -366,9 +370,19 @@ class Engine:
         status.eta_seconds = 0
         self._clean[name] = clean
         self._census[name] = {_ref(label): n for label, n in counts.items() if "/" in label}
+        oldest = None
         for label, n in counts.items():
             version = label.split("/")[-1]
             self.metrics.key_version_items.labels(name, version).set(n)
+            if "/" in label and n > 0:
+                kc = kr.class_by_id(_ref(label)[0])
+                kv = kc.find(KeyKind.MASTER, _ref(label)[1]) if kc else None
+                if kv is not None and (oldest is None or kv.created < oldest):
+                    oldest = kv.created
+        if oldest is not None:
+            self.metrics.oldest_version_age.labels(name).set(
+                (self.clock() - oldest).total_seconds()
+            )
 
     async def complete(self) -> None:
         """Records completed migrations (and what follows from them) in the keyring."""
