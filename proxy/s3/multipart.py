@@ -37,6 +37,7 @@ import base64
 import binascii
 import hashlib
 import re
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from xml.sax.saxutils import escape
@@ -428,7 +429,7 @@ def _checksum(
 async def complete_multipart_upload(call: Call) -> web.StreamResponse:
     deps = call.deps
     upload = parse_upload_id(call.s3.upload_id)
-    body, _ = await read_small_body(call, s3xml.MAX_DOCUMENT)
+    body, _ = await read_small_body(call, s3xml.MAX_DOCUMENT, object_checksums=True)
     parts = s3xml.parse_complete_multipart(body)
     stored = await list_all_parts(call, upload)
     layout = _plain_layout(call, parts, stored)
@@ -459,8 +460,29 @@ async def complete_multipart_upload(call: Call) -> web.StreamResponse:
         if version is not None:
             pairs = [(n, v) for n, v in pairs if n != "x-amz-version-id"]
             pairs.append(("x-amz-version-id", version))
-    result = s3xml.rewrite_result(reply.body, etag=etag, checksums=shown)
-    return _answer(pairs, result)
+    return _answer(pairs, _complete_result(reply.body, etag, shown, records))
+
+
+def _complete_result(
+    upstream: bytes, etag: str, shown: dict[Algorithm, str], records: dict[str, bytes]
+) -> bytes:
+    """Our own CompleteMultipartUploadResult (some stores name the root differently)."""
+    fields = {s3xml.local_name(c.tag): (c.text or "") for c in s3xml.parse(upstream) if len(c) == 0}
+    parts = [
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<CompleteMultipartUploadResult '
+        f'xmlns="{s3xml.S3_NAMESPACE}">'
+    ]
+    for name in ("Location", "Bucket", "Key"):
+        if name in fields:
+            parts.append(f"<{name}>{escape(fields[name])}</{name}>")
+    parts.append(f"<ETag>{escape(etag)}</ETag>")
+    for algorithm, value in shown.items():
+        parts.append(f"<Checksum{algorithm.value}>{value}</Checksum{algorithm.value}>")
+    if shown:
+        kind = "COMPOSITE" if records.get("checksum-type") == bytes([COMPOSITE]) else "FULL_OBJECT"
+        parts.append(f"<ChecksumType>{kind}</ChecksumType>")
+    parts.append("</CompleteMultipartUploadResult>")
+    return "".join(parts).encode("utf-8")
 
 
 async def _persist(
@@ -512,17 +534,29 @@ async def list_parts(call: Call) -> web.StreamResponse:
     target = Target(call.bucket, call.key, query)
     reply = await call.deps.upstream.call("GET", target, argument_headers(call.head))
 
-    def plain(entry: s3xml.ListEntry) -> s3xml.ListEntry:
-        try:
-            size = part_plaintext_size(entry.size)
-        except DecryptionFailed:
-            size = entry.size
-        return s3xml.ListEntry(entry.key, size, entry.etag)
-
-    body = s3xml.rewrite_listing(reply.body, plain)
     assert call.s3.upload_id is not None
-    body = body.replace(
-        f"<UploadId>{escape(upload.upstream)}</UploadId>".encode(),
-        f"<UploadId>{escape(call.s3.upload_id)}</UploadId>".encode(),
-    )
+    body = _rewrite_parts(reply.body, call.s3.upload_id)
     return _answer(_relayed(reply.headers), body)
+
+
+def _rewrite_parts(body: bytes, client_id: str) -> bytes:
+    """ListParts with plaintext part sizes, the client's upload id and no store checksums."""
+    root = s3xml.parse(body, max_size=64 * s3xml.MAX_DOCUMENT)
+    namespace = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    root.tag = namespace + "ListPartsResult"
+    for element in root:
+        name = s3xml.local_name(element.tag)
+        if name == "UploadId":
+            element.text = client_id
+        elif name == "Part":
+            for child in list(element):
+                field = s3xml.local_name(child.tag)
+                if field == "Size" and (child.text or "").strip().isdigit():
+                    try:
+                        child.text = str(part_plaintext_size(int((child.text or "").strip())))
+                    except DecryptionFailed:
+                        pass
+                elif field.startswith("Checksum"):
+                    element.remove(child)
+    text = ET.tostring(root, encoding="unicode", default_namespace=namespace[1:-1] or None)
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n' + text).encode("utf-8")

@@ -26,6 +26,7 @@ byte of garbage.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +39,7 @@ from protocols.s3.errors import S3Error
 from proxy.crypto.objects import DataKey, PartEncryptor, RangeDecryptor
 from proxy.errors import VeilError
 from proxy.s3.context import Call
+from proxy.s3.headers import is_checksum_header
 
 log = logging.getLogger("veil.s3")
 
@@ -132,9 +134,20 @@ async def read_whole(call: Call, reader: BodyReader, limit: int) -> tuple[bytear
     return data, reader.finish()
 
 
-async def read_small_body(call: Call, limit: int = 8 * 1024 * 1024) -> tuple[bytes, BodyResult]:
-    """A verified small request body (XML documents), whatever the payload mode."""
-    data, result = await read_whole(call, BodyReader(call.head, call.verified), limit)
+async def read_small_body(
+    call: Call, limit: int = 8 * 1024 * 1024, *, object_checksums: bool = False
+) -> tuple[bytes, BodyResult]:
+    """A verified small request body (XML documents), whatever the payload mode.
+
+    Args:
+        object_checksums: the request's ``x-amz-checksum-*`` headers describe the *object*
+            (CompleteMultipartUpload), not this body, so they are not checked against it.
+    """
+    head = call.head
+    if object_checksums:
+        kept = tuple((n, v) for n, v in head.headers if not is_checksum_header(n))
+        head = dataclasses.replace(head, headers=kept)
+    data, result = await read_whole(call, BodyReader(head, call.verified), limit)
     return bytes(data), result
 
 

@@ -5,13 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tests.integration.test_s3_support import (  # noqa: F401
-    assert_ciphertext,
-    bucket,
-    client,
-    direct,
-    veil_s3,
-)
+from tests.integration.test_s3_support import *  # noqa: F403 (fixtures)
+from tests.integration.test_s3_support import assert_ciphertext
 
 
 def test_put_get_head_roundtrip(client: Any, direct: Any, bucket: str) -> None:
