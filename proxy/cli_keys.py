@@ -441,6 +441,11 @@ async def keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
             if args.emergency and state != "revoked"
             else ""
         )
+        lagging = await s.ops.wait_acknowledged(
+            change.keyring.revision, settings.keys.promote_timeout
+        )
+        if lagging:
+            print(f"veil: warning: not yet acknowledged by {', '.join(lagging)}", file=sys.stderr)
         return await _report(s, change, args, f"version {args.version} is {state}{more}")
 
 

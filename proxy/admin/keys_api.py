@@ -92,6 +92,7 @@ async def _retire(ops: KeyOps, b: dict[str, Any], kind: KeyKind, v: int) -> Chan
 
 
 async def _revoke(ops: KeyOps, b: dict[str, Any], kind: KeyKind, v: int) -> Change:
+    b["wait_acknowledged"] = True  # run() waits once this sidecar itself has reloaded
     return await ops.revoke(
         b["class"], v, kind, emergency=_flag(b, "emergency"), force=_flag(b, "force")
     )
@@ -122,6 +123,10 @@ def routes(ctx: Context) -> list[web.RouteDef]:
             ctx.audit({"event": "admin.call", "actor": actor, "path": request.path})
             change = await action(ops, body, kind)
             await ctx.runtime.reload()  # this sidecar sees its own change at once
+            if body.get("wait_acknowledged"):
+                # a revocation returns once every live sidecar holds it (SPEC 5 issue text)
+                await ctx.runtime.heartbeat()
+                await ops.wait_acknowledged(change.keyring.revision, _wait(body))
             await wiring.write_escrow(ctx.settings, ctx.runtime.provider, change.keyring)
         except VeilError as e:
             return error(e.http_status, e.message)

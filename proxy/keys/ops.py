@@ -280,6 +280,21 @@ class KeyOps:
     async def unfreeze(self) -> Change:
         return await self._mutate(lambda kr: _now(lifecycle.unfreeze(kr, self.clock())))
 
+    async def wait_acknowledged(self, revision: int, timeout: float) -> list[str]:
+        """Waits until every live sidecar holds ``revision``; returns the ones that don't."""
+        if "heartbeats" not in self.store.features:
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            live = live_sidecars(
+                await self.store.heartbeats(), self.heartbeat_interval, self.clock()
+            )
+            lagging = sorted(k for k, b in live.items() if int(b.get("revision", 0)) < revision)
+            if not lagging or loop.time() >= deadline:
+                return lagging
+            await asyncio.sleep(min(1.0, max(0.1, self.heartbeat_interval / 2)))
+
     async def sidecars(self) -> dict[str, Any]:
         beats = await self.store.heartbeats()
         return dict(live_sidecars(beats, self.heartbeat_interval, self.clock()))
