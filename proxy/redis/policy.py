@@ -92,16 +92,14 @@ class KeySpec:
         if m is None:
             raise ValueError(f"bad key spec {text!r}")
         g = m.groupdict()
-        common = {
-            "begin_index": int(g["index"] or 0),
-            "keyword": (g["keyword"] or "").encode(),
-            "start": int(g["start"] or 0),
-        }
+        begin = int(g["index"] or 0)
+        keyword = (g["keyword"] or "").encode()
+        start = int(g["start"] or 0)
         if g["keynum"] is not None:
-            return cls(**common, keynum=int(g["keynum"]), first=int(g["first"]),
-                       step=int(g["kstep"] or 1))  # fmt: skip
-        return cls(**common, last=int(g["last"] or 0), step=int(g["step"] or 1),
-                   limit=int(g["limit"] or 0))  # fmt: skip
+            first, step = int(g["first"]), int(g["kstep"] or 1)
+            return cls(begin, keyword, start, keynum=int(g["keynum"]), first=first, step=step)
+        last, step, limit = int(g["last"] or 0), int(g["step"] or 1), int(g["limit"] or 0)
+        return cls(begin, keyword, start, last=last, step=step, limit=limit)
 
     def short(self) -> str:
         """The table's short form (``parse(short())`` round-trips)."""
