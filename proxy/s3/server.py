@@ -117,9 +117,16 @@ class Dispatcher:
         if isinstance(error, HeaderedError):
             headers.extend(error.headers)
         if request.method == "HEAD" or error.status in _NO_BODY:
-            return web.Response(status=error.status, headers=headers)
-        headers["Content-Type"] = "application/xml"
-        return web.Response(status=error.status, body=error.to_xml(resource, rid), headers=headers)
+            response = web.Response(status=error.status, headers=headers)
+        else:
+            headers["Content-Type"] = "application/xml"
+            body = error.to_xml(resource, rid)
+            response = web.Response(status=error.status, body=body, headers=headers)
+        if not request.content.at_eof():
+            # refused before its body was read: a client waiting for "100 Continue" will not
+            # send it, another will; only closing the connection keeps the next request framed
+            response.force_close()
+        return response
 
 
 class S3Listener:
