@@ -197,23 +197,30 @@ class Engine:
 
     def plan(self, kr: Keyring) -> tuple[Plan, bool]:
         active, compromised, drop = {}, set(), set()
+        index_active, rebuild = {}, False
         for c in kr.classes.values():
             v = c.active(KeyKind.MASTER)
             if v is not None:
                 active[c.id] = v.version
+            iv = c.active(KeyKind.INDEX)
+            if iv is not None:
+                index_active[c.id] = iv.version
+            rebuild = rebuild or any(
+                x.state is State.RETIRED and x.migration_complete is None for x in c.index_versions
+            )
             for x in c.versions:
                 if x.compromised and x.revoke_requested:
                     compromised.add((c.id, x.version))
                 if x.state is State.REVOKED:
                     drop.add((c.id, x.version))
-        return Plan(active, frozenset(compromised), frozenset(drop)), bool(compromised)
+        plan = Plan(active, frozenset(compromised), frozenset(drop), index_active, rebuild)
+        return plan, bool(compromised)
 
     def _work(self, kr: Keyring) -> bool:
-        """A retired (or revoke-requested) master version whose migration is not complete."""
+        """A retired version (master or index) whose migration is not complete."""
         return any(
             v.state is State.RETIRED and v.migration_complete is None
-            for c in kr.classes.values()
-            for v in c.versions
+            for _, _, v in kr.all_versions()
         )
 
     # --- passes --------------------------------------------------------------------------
@@ -302,13 +309,17 @@ class Engine:
 
     def _count(self, name: str, tally: Tally) -> None:
         """``veil_reencrypt_items_total{store, from_version, to_version, outcome}``."""
-        active = self.plan(self.runtime.keyset.keyring)[0].active
+        plan = self.plan(self.runtime.keyset.keyring)[0]
         for (label, outcome), n in tally.moved.items():
             if label == "plaintext":
                 frm, to = "plaintext", "active"
+            elif label.startswith("i"):  # index rebuild: "index-<v>" keeps the two apart
+                class_id, version = label[1:].split("/")
+                frm = f"index-{version}"
+                to = f"index-{plan.index_active.get(int(class_id), '?')}"
             else:
                 class_id, version = label.split("/")
-                frm, to = version, str(active.get(int(class_id), "?"))
+                frm, to = version, str(plan.active.get(int(class_id), "?"))
             self.metrics.reencrypt_items.labels(name, frm, to, outcome).inc(n)
 
     async def _open_breaker(self, name: str, status: StoreStatus, reason: str) -> None:
@@ -345,20 +356,22 @@ class Engine:
         status.versions = counts
         remaining: dict[str, int] = {}
         clean: dict[str, str] = {}
-        for c in kr.classes.values():
-            for v in c.versions:
-                label = f"{c.id}/{v.version}"
-                n = counts.get(label, 0) - max(0, tally.droppable.get(label, 0))
+        for c, kind, v in kr.all_versions():
+            label = _label(c.id, kind, v.version)
+            n = counts.get(label, 0) - max(0, tally.droppable.get(label, 0))
+            if kind is KeyKind.MASTER:
                 if v.version != plan.active.get(c.id) and n:
                     remaining[str(v.version)] = remaining.get(str(v.version), 0) + n
-                # an emergency pass walks everything too: its counts prove as much
-                if (
-                    status.acked_at_start
-                    and n == 0
-                    and not tally.blocked.get(label)
-                    and not tally.failures
-                ):
-                    clean[label] = status.pass_id
+            elif v.version != plan.index_active.get(c.id) and n:
+                remaining[f"index-{v.version}"] = remaining.get(f"index-{v.version}", 0) + n
+            # an emergency pass walks everything too: its counts prove as much
+            if (
+                status.acked_at_start
+                and n == 0
+                and not tally.blocked.get(label)
+                and not (tally.failures)
+            ):
+                clean[label] = status.pass_id
         if counts.get("plaintext"):
             remaining["plaintext"] = counts["plaintext"]
         status.remaining = remaining
@@ -369,9 +382,15 @@ class Engine:
         status.finished_at = rfc3339(self.clock())
         status.eta_seconds = 0
         self._clean[name] = clean
-        self._census[name] = {_ref(label): n for label, n in counts.items() if "/" in label}
+        self._census[name] = {
+            _ref(label): n
+            for label, n in counts.items()
+            if "/" in label and not label.startswith("i")
+        }
         oldest = None
         for label, n in counts.items():
+            if label.startswith("i"):
+                continue  # index versions are not key versions of SPEC 10's item gauge
             version = label.split("/")[-1]
             self.metrics.key_version_items.labels(name, version).set(n)
             if "/" in label and n > 0:
@@ -389,25 +408,21 @@ class Engine:
         kr = self.runtime.keyset.keyring
         now = self.clock()
         changes: list[Callable[[Keyring], Change]] = []
-        for c in kr.classes.values():
-            for v in c.versions:
-                label = f"{c.id}/{v.version}"
-                done = all(label in clean for clean in self._clean.values())
-                if v.state in (State.RETIRED, State.REVOKED) and done:
-                    if v.migration_complete is None:
-                        changes.append(
-                            _bind(
-                                lifecycle.mark_migration_complete,
-                                c.name,
-                                v.version,
-                                now,
-                                next(iter(self._clean.values()))[label],
-                            )
+        for c, kind, v in kr.all_versions():
+            label = _label(c.id, kind, v.version)
+            done = all(label in clean for clean in self._clean.values())
+            if v.state in (State.RETIRED, State.REVOKED) and done:
+                if v.migration_complete is None:
+                    pass_id = next(iter(self._clean.values()))[label]
+                    changes.append(
+                        _bind(
+                            lifecycle.mark_migration_complete, c.name, kind, v.version, now, pass_id
                         )
-                    if v.revoke_requested:
-                        changes.append(
-                            _bind(lifecycle.complete_requested_revocation, c.name, v.version, now)
-                        )
+                    )
+                if v.revoke_requested:
+                    changes.append(
+                        _bind(lifecycle.complete_requested_revocation, c.name, kind, v.version, now)
+                    )
         for store_name, census in self._census.items():
             changes.append(_census(store_name, census, now))
         self._census = {}
@@ -485,10 +500,15 @@ def _census(
     return lambda kr: lifecycle.set_items(kr, store, counts, now)
 
 
+def _label(class_id: int, kind: KeyKind, version: int) -> str:
+    """Tally labels: "1/3" is master version 3 of class 1, "i1/3" its index version 3."""
+    return f"{'i' if kind is KeyKind.INDEX else ''}{class_id}/{version}"
+
+
 def _bind(
-    fn: Callable[..., Change], name: str, version: int, *rest: Any
+    fn: Callable[..., Change], name: str, kind: KeyKind, version: int, *rest: Any
 ) -> Callable[[Keyring], Change]:
-    return lambda kr: fn(kr, name, KeyKind.MASTER, version, *rest)
+    return lambda kr: fn(kr, name, kind, version, *rest)
 
 
 def _async(fn: Callable[[Keyring], Change]) -> Callable[[Keyring], Awaitable[Change]]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.crypto.context import Role
-from proxy.crypto.envelope import FORMAT_SMALL, HEADER, MAGIC
+from proxy.crypto.envelope import FORMAT_DETERMINISTIC, FORMAT_SMALL, HEADER, MAGIC
 from proxy.errors import CryptoError, KeyUnavailable
 from proxy.keys.stores import RESERVED_PREFIX
 from proxy.redis.values import LEGACY, RedisValues
@@ -54,6 +54,34 @@ if ok and cur == ARGV[2] then
 end
 return 0
 """
+# index rebuild: remove the old-version member and add the new one atomically, keeping the
+# score; if a client already added the new-version member meanwhile, its write wins
+_MOVE_MEMBER = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  redis.call('SREM', KEYS[1], ARGV[1])
+  redis.call('SADD', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+_MOVE_ZMEMBER = """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then redis.call('ZADD', KEYS[1], s, ARGV[2]) end
+  return 1
+end
+return 0
+"""
+_MOVE_FIELD = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  local v = redis.call('HGET', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then redis.call('HSET', KEYS[1], ARGV[2], v) end
+  return 1
+end
+return 0
+"""
 _CAD_STRING = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
@@ -72,6 +100,8 @@ class Plan:
     active: dict[int, int]  # class id -> active master version
     compromised_only: frozenset[tuple[int, int]] = frozenset()  # (class, version) to move first
     drop: frozenset[tuple[int, int]] = frozenset()  # revoked versions: delete in cache namespaces
+    index_active: dict[int, int] = field(default_factory=dict)  # class id -> active index version
+    rebuild_index: bool = False  # an index rotation is in progress: rebuild member by member
 
 
 @dataclass
@@ -201,6 +231,33 @@ class RedisMigrator:
         target = self.values.class_id(self.values.namespace(key))
         return f"{target}/{plan.active.get(target)}"
 
+    def _consider_index(
+        self, key: bytes, role: Role, stored: bytes, plan: Plan, tally: Tally
+    ) -> tuple[bytes | None, str, str]:
+        """``(new envelope or None, old label, new label)`` for one deterministic item."""
+        if stored[:3] != MAGIC or len(stored) < HEADER.size or stored[3] != FORMAT_DETERMINISTIC:
+            return None, "", ""
+        tally.scanned += 1
+        _, _, _, class_id, version = HEADER.unpack_from(stored)
+        label = f"i{class_id}/{version}"
+        tally.versions[label] += 1
+        ns = self.values.namespace(key)
+        target = self.values.class_id(ns)
+        if not plan.rebuild_index or (
+            class_id == target and version == plan.index_active.get(target)
+        ):
+            return None, label, ""
+        try:
+            plain, _ = self.values.open(key, role, stored, ns=ns)
+        except KeyUnavailable:
+            tally.failures["key_unavailable"] += 1
+            return None, label, ""
+        except CryptoError:
+            tally.failures["decrypt"] += 1
+            return None, label, ""
+        new = self.values.seal(key, role, plain, ns=ns)
+        return new, label, f"i{target}/{plan.index_active.get(target)}"
+
     def _consider(
         self,
         key: bytes,
@@ -273,6 +330,11 @@ async def _hashes(
                 except CryptoError:
                     tally.failures["decrypt"] += 1
                     continue
+                renamed, label, to = m._consider_index(
+                    k, Role.HASH_FIELD, stored_field, plan, tally
+                )
+                if renamed is not None:  # the value binds the plaintext name: it stays as is
+                    writes.append(_Write(_MOVE_FIELD, k, (stored_field, renamed), label, False, to))
             new, label, drop = m._consider(k, Role.HASH_VALUE, old, plan, tally, name)
             if drop:
                 writes.append(_Write(_CAD_HASH, k, (stored_field, old), label, drop=True))
@@ -293,12 +355,18 @@ async def _lists(
     m: RedisMigrator, r: Any, keys: list[bytes], plan: Plan, tally: Tally, writes: list[_Write]
 ) -> None:
     for k in keys:
-        if m.values.redis.is_deterministic_list(k):
-            continue  # index keyring
+        det = m.values.redis.is_deterministic_list(k)
         start = 0
         while True:
             chunk = await r.lrange(k, start, start + m.batch - 1)
             for i, old in enumerate(chunk):
+                if det:
+                    moved, label, to = m._consider_index(k, Role.LIST_ELEMENT, old, plan, tally)
+                    if moved is not None:
+                        writes.append(
+                            _Write(_CAS_LIST, k, (start + i, old, moved), label, False, to)
+                        )
+                    continue
                 new, label, drop = m._consider(k, Role.LIST_ELEMENT, old, plan, tally)
                 if drop:
                     writes.append(_Write(_CAD_LIST, k, (old,), label, drop=True))
@@ -343,13 +411,40 @@ async def _streams(
             low = b"(" + entries[-1][0]
 
 
+async def _sets(
+    m: RedisMigrator, r: Any, keys: list[bytes], plan: Plan, tally: Tally, writes: list[_Write]
+) -> None:
+    if not plan.rebuild_index:
+        return  # members are only read while an index rotation is in progress
+    for k in keys:
+        async for member in r.sscan_iter(k, count=m.batch):
+            new, label, to = m._consider_index(k, Role.SET_MEMBER, member, plan, tally)
+            if new is not None:
+                writes.append(_Write(_MOVE_MEMBER, k, (member, new), label, False, to))
+
+
+async def _zsets(
+    m: RedisMigrator, r: Any, keys: list[bytes], plan: Plan, tally: Tally, writes: list[_Write]
+) -> None:
+    if not plan.rebuild_index:
+        return
+    for k in keys:
+        async for member, _ in r.zscan_iter(k, count=m.batch):
+            new, label, to = m._consider_index(k, Role.ZSET_MEMBER, member, plan, tally)
+            if new is not None:
+                writes.append(_Write(_MOVE_ZMEMBER, k, (member, new), label, False, to))
+
+
 Handler = Callable[[RedisMigrator, Any, list[bytes], Plan, Tally, list[_Write]], Awaitable[None]]
 _TYPES: dict[bytes, Handler] = {
     b"string": _strings,
     b"hash": _hashes,
     b"list": _lists,
     b"stream": _streams,
-    # set / zset members are deterministic (index keyring); HyperLogLogs are strings (skipped)
+    b"set": _sets,
+    b"zset": _zsets,
+    # HyperLogLogs are strings holding Redis's sketch: skipped (their elements keep the index
+    # version they were first written with, SPEC 5)
 }
 
 

@@ -396,3 +396,52 @@ async def test_scheduled_rotation_by_age_and_by_nonce_budget(rig: Rig) -> None:
     )
     assert len(rig.runtime.keyset.keyring.cls("default").versions) == 3
     assert engine.metrics.nonce_budget.labels("2")._value.get() >= 0.59
+
+
+async def test_index_rotation_rebuilds_members_keeping_scores(rig: Rig) -> None:
+    from proxy.crypto.keys import KeyKind
+
+    v = rig.values
+    v.redis = dataclasses.replace(
+        v.redis, deterministic_lists=("dl:*",), deterministic_fields=("df:*",)
+    )
+    v.redis.__post_init__()  # recompile the glob lookups for the new lists
+    members = [b"alice", b"bob", b"carol"]
+    await rig.r.sadd("set", *[v.seal(b"set", Role.SET_MEMBER, m) for m in members])
+    await rig.r.zadd(
+        "z", {v.seal(b"z", Role.ZSET_MEMBER, m): i + 0.5 for i, m in enumerate(members)}
+    )
+    await rig.r.rpush("dl:1", *[v.seal(b"dl:1", Role.LIST_ELEMENT, m) for m in members])
+    field = v.seal(b"df:1", Role.HASH_FIELD, b"email")
+    value = v.seal(b"df:1", Role.HASH_VALUE, b"a@example.com", b"email")
+    await rig.r.hset("df:1", field, value)
+    change = await rig.ops.rotate("default", KeyKind.INDEX)
+    await rig.runtime.refresh()
+    await rig.ops.promote("default", int(change.events[0]["version"]), KeyKind.INDEX)
+    await rig.runtime.refresh()
+    engine = rig.engine()
+    assert engine.plan(rig.runtime.keyset.keyring)[0].rebuild_index
+    await engine.tick()
+
+    def index_version(stored: bytes) -> int:
+        return int(HEADER.unpack_from(stored)[4])
+
+    assert {index_version(m) for m in await rig.r.smembers("set")} == {2}
+    assert (
+        sorted(v.open(b"set", Role.SET_MEMBER, m)[0] for m in await rig.r.smembers("set"))
+        == members
+    )
+    scored = await rig.r.zrange("z", 0, -1, withscores=True)
+    assert [(v.open(b"z", Role.ZSET_MEMBER, m)[0], s) for m, s in scored] == [
+        (b"alice", 0.5),
+        (b"bob", 1.5),
+        (b"carol", 2.5),
+    ]
+    assert [
+        v.open(b"dl:1", Role.LIST_ELEMENT, e)[0] for e in await rig.r.lrange("dl:1", 0, -1)
+    ] == members
+    ((new_field, new_value),) = (await rig.r.hgetall("df:1")).items()
+    assert index_version(new_field) == 2 and new_value == value  # the value is untouched
+    assert v.seal(b"set", Role.SET_MEMBER, b"alice") in await rig.r.smembers("set")
+    kr = await rig.ops.load()
+    assert kr.cls("default").index_versions[0].migration_complete is not None
