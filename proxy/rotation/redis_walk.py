@@ -39,6 +39,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# the same for a whole batch of strings in one call (one command instead of one per key)
+_CAS_STRINGS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local ok, cur = pcall(redis.call, 'GET', key)  -- a key that changed type meanwhile: skip
+  if ok and cur == ARGV[2 * i - 1] then
+    redis.call('SET', key, ARGV[2 * i], 'KEEPTTL')
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
 _CAS_HASH = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
@@ -178,14 +192,27 @@ class RedisMigrator:
     async def migrate_keys(self, db: int, keys: Sequence[bytes], plan: Plan, tally: Tally) -> None:
         """Reads, tallies and rewrites ``keys`` (the lazy path calls this for single keys)."""
         r = self._client(db)
-        async with r.pipeline(transaction=False) as p:
-            for k in keys:
-                p.type(k)
-            types = await p.execute()
-        by_type: dict[bytes, list[bytes]] = {}
-        for k, t in zip(keys, types, strict=True):
-            by_type.setdefault(t if isinstance(t, bytes) else str(t).encode(), []).append(k)
+        # MGET answers nil for every non-string key, so strings (most keys, usually) need no
+        # TYPE round trip: only the keys it did not answer for are typed
+        strings = await r.mget(keys)
         writes: list[_Write] = []
+        _strings_read(
+            self,
+            [(k, v) for k, v in zip(keys, strings, strict=True) if v is not None],
+            plan,
+            tally,
+            writes,
+        )
+        others = [k for k, v in zip(keys, strings, strict=True) if v is None]
+        types: list[Any] = []
+        if others:
+            async with r.pipeline(transaction=False) as p:
+                for k in others:
+                    p.type(k)
+                types = await p.execute()
+        by_type: dict[bytes, list[bytes]] = {}
+        for k, t in zip(others, types, strict=True):
+            by_type.setdefault(t if isinstance(t, bytes) else str(t).encode(), []).append(k)
         for t, group in by_type.items():
             handler = _TYPES.get(t)
             if handler is not None:
@@ -196,16 +223,30 @@ class RedisMigrator:
     async def _apply(self, r: Any, writes: list[_Write], tally: Tally) -> None:
         from redis.exceptions import NoScriptError
 
+        batched = [w for w in writes if w.script is _CAS_STRING]
+        single = [w for w in writes if w.script is not _CAS_STRING]
+        results: list[Any] = []
         for attempt in range(2):
-            shas = {src: await self._sha(r, src) for src in {w.script for w in writes}}
+            shas = {src: await self._sha(r, src) for src in {w.script for w in single}}
+            if batched:
+                shas[_CAS_STRINGS] = await self._sha(r, _CAS_STRINGS)
             async with r.pipeline(transaction=False) as p:
-                for w in writes:
+                if batched:
+                    args = [a for w in batched for a in w.args]
+                    p.evalsha(shas[_CAS_STRINGS], len(batched), *[w.key for w in batched], *args)
+                for w in single:
                     p.evalsha(shas[w.script], 1, w.key, *w.args)
                 results = await p.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(x, NoScriptError) for x in results):
                 self._scripts.clear()  # the server restarted or flushed its script cache
                 continue
             break
+        if batched:
+            first = results[0]
+            results = (list(first) if isinstance(first, list) else [first] * len(batched)) + list(
+                results[1:]
+            )
+            writes = batched + single
         for w, ok in zip(writes, results, strict=True):
             if isinstance(ok, Exception):
                 tally.failures["upstream"] += 1
@@ -303,12 +344,15 @@ class RedisMigrator:
         return self.values.seal(key, role, plain, field_name, ns), label, False
 
 
-async def _strings(
-    m: RedisMigrator, r: Any, keys: list[bytes], plan: Plan, tally: Tally, writes: list[_Write]
+def _strings_read(
+    m: RedisMigrator,
+    items: list[tuple[bytes, bytes]],
+    plan: Plan,
+    tally: Tally,
+    writes: list[_Write],
 ) -> None:
-    values = await r.mget(keys)
-    for k, old in zip(keys, values, strict=True):
-        if old is None or old[:4] == HLL_MAGIC:
+    for k, old in items:
+        if old[:4] == HLL_MAGIC:
             continue
         new, label, drop = m._consider(k, Role.STRING, old, plan, tally)
         if drop:
@@ -437,7 +481,7 @@ async def _zsets(
 
 Handler = Callable[[RedisMigrator, Any, list[bytes], Plan, Tally, list[_Write]], Awaitable[None]]
 _TYPES: dict[bytes, Handler] = {
-    b"string": _strings,
+    # strings are read by the MGET that starts every batch (see migrate_keys)
     b"hash": _hashes,
     b"list": _lists,
     b"stream": _streams,

@@ -1,0 +1,191 @@
+"""Migration throughput and its effect on clients, in one run.
+
+    python3 bench/rotation.py [--values 1000000] [--quick]
+
+Starts its own redis-server on a free port and a local keyring in a temp dir, writes N small
+encrypted values (as veil writes them), rotates, and measures:
+
+1. the unloaded migration rate (``reencrypt.rate`` unlimited): values re-encrypted per second;
+2. client latency (a redis-py client doing GET+SET in a loop, directly against Redis) without a
+   migration, and during a migration at the default ``reencrypt.rate``.
+
+Targets (issue 5): unloaded Redis migration >= 20,000 values/s; at the default rate client p99
+rises by <= 50%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from proxy import wiring
+from proxy.config import parse_settings
+from proxy.crypto.context import Role
+from proxy.metrics import Metrics
+from proxy.redis.values import RedisValues
+from proxy.rotation.engine import Engine
+from proxy.rotation.redis_walk import RedisMigrator, RedisWalker
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def fill(values: RedisValues, r: aioredis.Redis, n: int) -> None:
+    batch = 5000
+    payload = os.urandom(100)
+    for start in range(0, n, batch):
+        async with r.pipeline(transaction=False) as p:
+            for i in range(start, min(n, start + batch)):
+                key = b"v:%d" % i
+                p.set(key, values.seal(key, Role.STRING, payload))
+            await p.execute()
+
+
+async def client_latencies(url: str, seconds: float) -> list[float]:
+    r = aioredis.Redis.from_url(url)
+    out = []
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        await r.set(b"client:%d" % (i % 1000), b"x" * 100)
+        await r.get(b"client:%d" % (i % 1000))
+        out.append(time.perf_counter() - t)
+        i += 1
+    await r.aclose()
+    return out
+
+
+def p(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] * 1e3
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--values", type=int, default=1_000_000)
+    ap.add_argument("--quick", action="store_true", help="100,000 values, shorter phases")
+    args = ap.parse_args()
+    n = 100_000 if args.quick else args.values
+    tmp = Path(tempfile.mkdtemp(prefix="veil-bench-rot-"))
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        await asyncio.sleep(0.3)
+        settings = parse_settings(
+            {
+                "redis": {"listen": f"127.0.0.1:{free_port()}", "upstream": url},
+                "s3": {"listen": "off"},
+                "admin": {"listen": "off"},
+                "keys": {
+                    "store": f"file:{tmp / 'kr.json'}",
+                    "root_key_file": str(tmp / "root"),
+                    "local_copy": str(tmp / "copy"),
+                    "propagation_delay": "0s",
+                },
+                "audit": {"path": str(tmp / "audit")},
+            },
+            {},
+        )
+        store = wiring.build_store(settings.keys)
+        provider = wiring.build_provider(settings.keys, create_root=True)
+        ops = wiring.build_ops(settings, store, provider)
+        await ops.init([])
+        runtime = wiring.build_runtime(settings, store, provider)
+        await runtime.start()
+        values = RedisValues(settings.redis, settings.keys, runtime)
+        r = aioredis.Redis.from_url(url)
+        t = time.perf_counter()
+        await fill(values, r, n)
+        print(f"wrote {n:,} encrypted values in {time.perf_counter() - t:.1f}s")
+
+        async def rotate() -> None:
+            change = await ops.rotate("default")
+            await runtime.refresh()
+            await ops.promote("default", int(change.events[0]["version"]))
+            await runtime.refresh()
+
+        def engine(rate: float) -> Engine:
+            clients: dict[int, Any] = {}
+
+            def client(db: int) -> Any:
+                return clients.setdefault(db, aioredis.Redis.from_url(url, db=db))
+
+            return Engine(
+                runtime=runtime,
+                store=store,
+                ops=ops,
+                metrics=Metrics(),
+                audit=lambda e: None,
+                walkers=[RedisWalker(RedisMigrator(values, client, batch=500))],
+                rate=rate,
+                lease_ttl=60,
+                breaker_threshold=100,
+                breaker_window=60,
+                rotation_periods={},
+                auto_revoke=False,
+                clock=runtime._clock,
+            )
+
+        await rotate()
+        e = engine(0)
+        t = time.perf_counter()
+        status = await e.run_pass("redis", e.plan(runtime.keyset.keyring)[0])
+        dt = time.perf_counter() - t
+        print(
+            f"\nunloaded migration: {status.migrated:,} values in {dt:.1f}s = "
+            f"{status.migrated / dt:,.0f} values/s  (target >= 20,000)"
+        )
+
+        phase = 5.0 if args.quick else 15.0
+        base = await client_latencies(url, phase)
+        await rotate()
+        default_rate = settings.reencrypt.rate
+        e = engine(default_rate)
+        walk = asyncio.create_task(e.run_pass("redis", e.plan(runtime.keyset.keyring)[0]))
+        during = await client_latencies(url, phase)
+        walk.cancel()
+        print(
+            f"\nclient GET+SET round trip, direct to Redis, {phase:.0f}s each "
+            f"(migration at the default reencrypt.rate = {default_rate:g} items/s):"
+        )
+        print(f"{'':<22}{'ops':>8}{'p50 ms':>10}{'p99 ms':>10}")
+        for label, lat in (("no migration", base), ("during migration", during)):
+            print(f"{label:<22}{len(lat):>8,}{p(lat, 50):>10.3f}{p(lat, 99):>10.3f}")
+        print(f"p99 rise: {p(during, 99) / p(base, 99) - 1:+.0%}  (target <= +50%)")
+        await r.aclose()
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
