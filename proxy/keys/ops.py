@@ -280,12 +280,12 @@ class KeyOps:
     async def unfreeze(self) -> Change:
         return await self._mutate(lambda kr: _now(lifecycle.unfreeze(kr, self.clock())))
 
-    async def wait_acknowledged(self, revision: int, timeout: float) -> list[str]:
+    async def wait_acknowledged(self, revision: int, wait: float) -> list[str]:
         """Waits until every live sidecar holds ``revision``; returns the ones that don't."""
         if "heartbeats" not in self.store.features:
             return []
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + wait
         while True:
             live = live_sidecars(
                 await self.store.heartbeats(), self.heartbeat_interval, self.clock()
