@@ -429,8 +429,8 @@ slowlog|reset          2 -                          pass   -                 7.0
 smembers               2 i1                         det    smembers          7.0
 smismember            -3 i1                         det    members2          7.0
 smove                  4 i1,i2                      det    smove             7.0
-sort                  -2 i1,??,??                   refuse sort              7.0
-sort_ro               -2 i1,??                      refuse sort              7.0
+sort                  -2 i1,??,??                   veil   sort              7.0
+sort_ro               -2 i1,??                      veil   sort              7.0
 spop                  -2 i1                         det    spop              7.0
 spublish               3 i1                         veil   publish           7.0
 srandmember           -2 i1                         det    spop              7.0

@@ -145,7 +145,7 @@ class KeySpec:
             if count < 0:
                 return None
             first += self.first
-            last = first + count - 1
+            last = first + (count - 1) * self.step
         elif self.last >= 0:
             last = first + self.last
         elif not self.limit:
