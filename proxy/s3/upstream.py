@@ -229,8 +229,8 @@ class Upstream:
                 allow_redirects=False,
                 ssl=self._ssl,
             )
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as e:
-            log.warning("upstream %s unreachable: %s", self.endpoint, type(e).__name__)
+        except aiohttp.ClientError as e:  # includes a body iterator that raised: aborted
+            log.warning("upstream %s: %s", self.endpoint, type(e).__name__)
             raise unavailable() from None
         except TimeoutError:
             raise unavailable("upstream S3 timed out") from None
