@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from proxy import cli_audit, cli_keys, cli_reencrypt, cli_serve
+    from proxy import cli_audit, cli_keys, cli_reencrypt, cli_serve, demo
 
     parser = _Parser(prog="veil", description="Transparent encrypting sidecar for Redis and S3.")
     parser.add_argument("-c", "--config", help="config file (default: $VEIL_CONFIG or ./veil.toml)")
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serve.register(sub)
     cli_audit.register(sub)
     cli_reencrypt.register(sub)
+    demo.register(sub)
     return parser
 
 
