@@ -6,39 +6,40 @@ hiredis 3.x parses several times faster than Python, but it loses distinctions v
 returns ``+OK`` and ``$2 OK`` alike, ``$-1``/``*-1``/``_`` all as ``None``, sets as lists, ``(``
 and ``=`` as bytes, doubles as floats (Redis's text lost), verbatim strings without their
 format, attributes as a separate reply, error text decoded lossily; it refuses ``!`` and a map
-with an aggregate key, enforces no size limits, and reports no offsets. So it only gets the
-part of the traffic where none of that can happen, and the pure decoder handles the rest:
+with an aggregate key, skips the 2 bytes after a bulk unchecked (as Redis does), enforces no
+size limit and reports no offsets. So hiredis only parses; what it returns is *verified* before
+it is used, and the pure decoder takes over at the first byte that is not verified:
 
-* **Batches.** A fed chunk goes to hiredis only if it starts at a value boundary, is smaller
-  than every limit (so nothing in it can break one) and passes a byte guard: no ``\\n``
-  followed by a type byte hiredis would misread (requests: ``+ ( = | ~ % >``; replies: every
-  type but ``$ : *``, and no ``*-1``) and, for replies, fewer ``*`` bytes than ``max_depth``. A
-  value that merely *starts* with such a byte (``+inf``, ``-1``) sends its chunk to the pure
-  parser: only speed is lost. What is left maps 1:1 onto ``Value`` (requests: lists of bytes;
-  replies: bytes, int, ``None`` from ``$-1``, lists), so hiredis's results are returned as is.
-* **Pull, then hand over.** At ``feed()`` every complete value is pulled from hiredis at once.
-  It stops at the first thing that is not one (a cut value, an inline command, ``*0``, a nested
-  array in a request, any hiredis error); the pure decoder then takes over at the first byte
-  hiredis did not return, and raises Redis's error or parses the rest exactly.
-* **Where did hiredis stop?** It consumes a cut value's first bytes, so ``has_data()`` cannot
-  tell "between values" from "inside one". After the last value the reader is fed the probe
-  ``:123456789\\r\\n``: only a reader between values returns it as a top-level integer (inside
-  a value, its first byte is line, payload, CRLF or element; any shorter suffix starts with a
-  digit, CR or LF, which hiredis refuses).
-* **Offsets, lazily.** hiredis accepts only canonical framing, so a value's wire size follows
-  from the value. Sizes are computed only when a ``replace()`` run boundary or a hand-over needs
-  one; forwarding or rewriting a whole batch computes none.
+* **Batches.** A fed chunk goes to hiredis only if it starts at a value boundary and is smaller
+  than every limit (no complete value in it can break one: each aggregate element takes at
+  least ``_min_element`` bytes, a canonical header line at most 21). Every complete value is
+  pulled at once; the pure decoder re-reads from the first value that fails verification (a cut
+  value, an inline command, ``*0``, anything hiredis refused).
+* **Verification by re-encoding** (requests; ``$`` replies). A buffer that *equals* the
+  canonical encoding of the values hiredis returned can only be parsed one way, whatever hiredis
+  conflates or skips. ``hiredis.pack_command`` re-encodes a command (or a flat array of bulk
+  strings, or a run of bulk strings behind one header) in C; the comparison is a ``memcmp``,
+  and it also yields each value's exact offset, used by ``replace()``/``forward()``.
+* **Verification by guard and probe** (replies made only of ``+`` and ``:`` lines, such as a
+  pipeline of ``+OK``). Such a chunk has no bulk, so no unchecked trailer: every type byte
+  follows a CRLF that hiredis checked, and a byte guard (no ``\\n`` followed by a type other
+  than ``+``/``:``, no ``*`` at all) proves every ``bytes`` is a simple string. Whether hiredis
+  stopped between values is learnt by feeding it ``:123456789\\r\\n``: only a reader between
+  values returns that as a top-level integer (inside one, its first byte is line content, and
+  any suffix starts with a digit, CR or LF, which hiredis refuses). Sizes follow from the values
+  and are computed only when a ``replace()`` run boundary or a hand-over needs them.
 
 Measured with ``python3 bench/resp_codec.py`` (numbers in ``protocols/resp.py``'s docstring).
-``encode_command`` is not accelerated: ``hiredis.pack_command`` is only ~15% faster on a
+``encode_command`` itself stays pure: ``hiredis.pack_command`` is only ~15% faster on a
 3-argument command and needs a tuple, which a wrapper would spend.
 """
 
 from __future__ import annotations
 
 import re
-from itertools import chain
-from typing import Final
+from collections.abc import Callable
+from itertools import accumulate
+from typing import Final, cast
 
 import hiredis
 
@@ -57,42 +58,44 @@ from protocols._resp_values import (
 _PROBE: Final = 123456789
 _INCOMPLETE: Final = object()  # what gets() returns for "need more"; equal to no reply (0 == False)
 _DIGITS: Final = bytes(len(str(i)) for i in range(65536))
+# the stub declares a 1-tuple and returns Any; pack_command takes any tuple of bytes/str/numbers
+_pack: Final = cast(Callable[[tuple[object, ...]], bytes], hiredis.pack_command)
 
 
 def _digits(size: int) -> int:
     return _DIGITS[size] if size < 65536 else len(str(size))
 
 
-def _command_size(command: list[bytes]) -> int:
-    """Bytes of the canonical multibulk encoding of ``command``."""
-    sizes = list(map(len, command))
-    try:
-        digits = sum(map(_DIGITS.__getitem__, sizes))
-    except IndexError:  # an argument of 64 KiB or more
-        digits = sum(map(_digits, sizes))
-    return 3 + _digits(len(sizes)) + 5 * len(sizes) + sum(sizes) + digits
-
-
 def _reply_size(value: Value) -> int:
-    """Bytes of the canonical encoding of a bytes/int/None/list value."""
+    """Bytes of the canonical encoding of a verified reply (bulk, list of bulks, int, simple)."""
     if type(value) is bytes:
         return len(value) + 5 + _digits(len(value))
-    if type(value) is int:
-        return len(b"%d" % value) + 3
     if type(value) is list:
         return 3 + _digits(len(value)) + sum(map(_reply_size, value))
-    return 5  # $-1
+    if type(value) is SimpleString:
+        return len(value.value) + 3
+    return len(b"%d" % cast(int, value)) + 3  # an int from a ':' line
+
+
+def _verified_prefix(buf: bytes, wires: list[bytes | None]) -> list[int]:
+    """Offsets of the leading values whose wire bytes are where the buffer has them."""
+    offsets = [0]
+    for wire in wires:
+        if wire is None or not buf.startswith(wire, offsets[-1]):
+            break
+        offsets.append(offsets[-1] + len(wire))
+    return offsets
 
 
 class _HiredisBatch(_Stream[T]):
     """The batch machinery (see the module docstring); subclasses set the class attributes.
 
-    ``_batch`` holds the values hiredis returned from ``_buf``, ``_index`` how many ``next()``
-    handed out, ``_offsets[i]`` (filled lazily) where value ``i`` starts in ``_buf``.
+    ``_batch`` holds the verified values hiredis returned from ``_buf``, ``_index`` how many
+    ``next()`` handed out, ``_offsets[i]`` (known or filled lazily) where value ``i`` starts.
     """
 
     _first: bytes  # bytes a batch may start with
-    _guard: re.Pattern[bytes]
+    _min_element: int  # fewest bytes an element of an accepted aggregate takes
 
     def _setup(self, limits: RespLimits) -> None:
         self._reader = hiredis.Reader(notEnoughData=_INCOMPLETE)
@@ -102,43 +105,32 @@ class _HiredisBatch(_Stream[T]):
         self._offsets: list[int] = []
         self._clean = False
         self._run_index = 0
-        self._safe_size = min(limits.max_bulk_len, 6 * limits.max_array_len)
+        self._safe_size = min(
+            limits.max_bulk_len,
+            self._min_element * limits.max_array_len,
+            limits.max_inline_len if limits.max_inline_len < 21 else limits.max_bulk_len,
+        )
+
+    def _verify(self, values: list[object]) -> tuple[list[T], bool]:
+        """The leading values that are exactly what the pure decoder would return, and whether
+        they end exactly where the buffer ends; sets ``_offsets`` (at least ``[0]``)."""
+        raise NotImplementedError
+
+    def _size(self, value: T) -> int:
+        raise NotImplementedError
+
+    def _next_pure(self) -> T | NeedData:
+        """The pure decoder's ``next`` (a plain alias in each subclass: cheaper than super())."""
+        raise NotImplementedError
+
+    def _eligible(self, buf: bytes) -> bool:
+        return buf[:1] in self._first and len(buf) <= self._safe_size
 
     def at_boundary(self) -> bool:
         """See ``_Stream.at_boundary``."""
         if self._batch is not None:
             return self._clean and self._index == len(self._batch)
         return super().at_boundary()
-
-    def _pull(self) -> list[T]:
-        """Every complete value hiredis returns, up to the first it refuses."""
-        try:
-            return list(iter(self._reader.gets, _INCOMPLETE))
-        except Exception:  # whatever hiredis refuses, the pure decoder judges (and words)
-            pass
-        self._reader = hiredis.Reader(notEnoughData=_INCOMPLETE)
-        self._reader.feed(self._buf)
-        batch: list[T] = []
-        try:
-            while (value := self._reader.gets()) is not _INCOMPLETE:
-                batch.append(value)
-        except Exception:
-            pass
-        return batch
-
-    def _accept(self, values: list[T]) -> list[T]:
-        """The leading values that are exactly what the pure decoder would return."""
-        raise NotImplementedError
-
-    def _size(self, value: T) -> int:
-        raise NotImplementedError
-
-    def _eligible(self, buf: bytes) -> bool:
-        return (
-            buf[:1] in self._first
-            and len(buf) <= self._safe_size
-            and self._guard.search(buf) is None
-        )
 
     def feed(self, data: bytes) -> None:
         """Append bytes; a chunk that starts at a value boundary may be parsed by hiredis.
@@ -157,10 +149,24 @@ class _HiredisBatch(_Stream[T]):
             self._reader = hiredis.Reader(notEnoughData=_INCOMPLETE)
         self._reader.feed(self._buf)
         self._fresh = False
-        pulled = self._pull()
-        batch = self._accept(pulled)
-        self._batch, self._index, self._offsets, self._run_index = batch, 0, [0], 0
-        self._clean = len(batch) == len(pulled) and self._between_values()
+        self._batch, self._clean = self._verify(self._pull())
+        self._index = self._run_index = 0
+
+    def _pull(self) -> list[object]:
+        """Every complete value hiredis returns, up to the first it refuses."""
+        try:
+            return list(iter(self._reader.gets, _INCOMPLETE))
+        except Exception:  # whatever hiredis refuses, the pure decoder judges (and words)
+            pass
+        self._reader = hiredis.Reader(notEnoughData=_INCOMPLETE)
+        self._reader.feed(self._buf)
+        values: list[object] = []
+        try:
+            while (value := self._reader.gets()) is not _INCOMPLETE:
+                values.append(value)
+        except Exception:
+            pass
+        return values
 
     def _between_values(self) -> bool:
         """Whether hiredis stopped between two values (see the module docstring)."""
@@ -183,10 +189,6 @@ class _HiredisBatch(_Stream[T]):
                 return NEED_DATA
             self._end_batch()
         return self._next_pure()
-
-    def _next_pure(self) -> T | NeedData:
-        """The pure decoder's ``next`` (a plain alias in each subclass: cheaper than super())."""
-        raise NotImplementedError
 
     def replace(self, data: bytes) -> None:
         """See the pure decoder's ``replace``."""
@@ -247,7 +249,7 @@ class HiredisRequestDecoder(_HiredisBatch[list[bytes]], RequestDecoder):
     """``RequestDecoder`` with hiredis parsing multibulk chunks (see the module docstring)."""
 
     _first = b"*"
-    _guard = re.compile(rb"\n[+(=|~%>]")
+    _min_element = 6  # $0\r\n\r\n
     _next_pure = RequestDecoder.next
 
     def __init__(self, limits: RespLimits = CLIENT_LIMITS, *, keep_raw: bool = False) -> None:
@@ -255,60 +257,80 @@ class HiredisRequestDecoder(_HiredisBatch[list[bytes]], RequestDecoder):
         super().__init__(limits, keep_raw=keep_raw)
         self._setup(limits)
 
-    def _accept(self, values: list[list[bytes]]) -> list[list[bytes]]:
-        if [] not in values:
-            try:
-                b"".join(chain.from_iterable(values))  # only lists of bytes get through
-                return values
-            except TypeError:
-                pass
-        for index, command in enumerate(values):
-            if type(command) is not list or not command:
-                return values[:index]
-            if not all(type(arg) is bytes for arg in command):
-                return values[:index]
-        return values
+    def _verify(self, values: list[object]) -> tuple[list[list[bytes]], bool]:
+        buf, commands = self._buf, cast(list[list[bytes]], values)  # checked by the comparison
+        try:
+            if [] not in commands:  # *0 is no command: the pure decoder skips it
+                wires = list(map(_pack, map(tuple, commands)))
+                if buf.startswith(b"".join(wires)):
+                    self._offsets = [0, *accumulate(map(len, wires))]
+                    return commands, self._offsets[-1] == len(buf)
+        except Exception:  # not a list of bytes/str/numbers: verified one by one below
+            pass
+        self._offsets = _verified_prefix(buf, list(map(self._wire, values)))
+        return commands[: len(self._offsets) - 1], False
+
+    @staticmethod
+    def _wire(value: object) -> bytes | None:
+        if type(value) is not list or not value or not all(type(v) is bytes for v in value):
+            return None
+        return _pack(tuple(value))
 
     def _size(self, value: list[bytes]) -> int:
-        return _command_size(value)
+        return len(_pack(tuple(value)))
 
 
-_SIMPLE_LINES: Final = re.compile(rb"\n[-$_#,(!=%~|>]")  # with no '*' at all: '+' and ':' only
+_SIMPLE_LINES: Final = re.compile(rb"\n[^+:]")  # with no bulk anywhere, LF precedes every type
 
 
 class HiredisReplyDecoder(_HiredisBatch[Value], ReplyDecoder):
-    """``ReplyDecoder`` with hiredis parsing chunks of ``$``/``:``/``*`` or of ``+``/``:`` replies.
+    """``ReplyDecoder`` with hiredis parsing chunks of bulk strings (and flat arrays of them),
+    verified by re-encoding, and chunks of ``+``/``:`` lines, guarded and probed."""
 
-    The second shape (``+OK`` after every write in a pipeline) has no payloads, so every LF is
-    followed by a type byte and every ``bytes`` hiredis returns is a simple string.
-    """
-
-    _first = b"$:*"
-    _guard = re.compile(rb"\n(?:[-+_#,(!=%~|>]|\*-)")
+    _first = b"$*+:"
+    _min_element = 4  # :1\r\n
     _next_pure = ReplyDecoder.next
 
     def __init__(self, limits: RespLimits = UPSTREAM_LIMITS, *, keep_raw: bool = False) -> None:
         """See ``ReplyDecoder``."""
         super().__init__(limits, keep_raw=keep_raw)
         self._setup(limits)
-        self._simple_lines = False
 
     def _eligible(self, buf: bytes) -> bool:
-        first, no_array = buf[:1], buf.find(b"*") < 0
-        self._simple_lines = no_array and (first == b"+" or first == b":")
-        if self._simple_lines:
-            return len(buf) <= self._safe_size and _SIMPLE_LINES.search(buf) is None
-        if not super()._eligible(buf) or buf.startswith(b"*-"):
+        if not super()._eligible(buf):
             return False
-        return no_array or buf.count(b"*") < self._limits.max_depth
+        if buf[:1] in b"+:":  # a chunk no longer than a line cannot hold a too long line
+            return len(buf) <= self._max_line and b"$" not in buf and b"*" not in buf
+        return self._limits.max_depth > 0
 
-    def _accept(self, values: list[Value]) -> list[Value]:
-        if not self._simple_lines:
-            return values
-        simple = SIMPLE_CACHE.get
-        return [(simple(v) or SimpleString(v)) if type(v) is bytes else v for v in values]
+    def _verify(self, values: list[object]) -> tuple[list[Value], bool]:
+        self._offsets = [0]
+        buf, replies = self._buf, cast(list[Value], values)  # checked below
+        if buf[:1] in b"+:":
+            if _SIMPLE_LINES.search(buf) is not None:
+                return [], False
+            simple = SIMPLE_CACHE.get
+            batch = [(simple(v) or SimpleString(v)) if type(v) is bytes else v for v in replies]
+            return batch, self._between_values()
+        try:  # the commonest shapes in one C call each: all bulk strings, all arrays of them
+            if type(replies[0]) is bytes:
+                wire = _pack(tuple(replies))[len(b"*%d\r\n" % len(replies)) :]
+            else:
+                wire = b"".join(map(_pack, map(tuple, cast(list[list[bytes]], replies))))
+            if buf.startswith(wire):
+                return replies, len(wire) == len(buf)
+        except Exception:
+            pass
+        self._offsets = _verified_prefix(buf, list(map(self._wire, values)))
+        return replies[: len(self._offsets) - 1], False
+
+    @staticmethod
+    def _wire(value: object) -> bytes | None:
+        if type(value) is bytes:
+            return _pack((value,))[4:]
+        if type(value) is list and all(type(v) is bytes for v in value):
+            return _pack(tuple(value))
+        return None
 
     def _size(self, value: Value) -> int:
-        if type(value) is SimpleString:
-            return len(value.value) + 3
         return _reply_size(value)

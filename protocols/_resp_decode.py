@@ -37,8 +37,11 @@ def _char(byte: int) -> str:
     return " " if byte in (10, 13) else chr(byte)
 
 
-def _capped(table: dict[bytes, int], limit: int) -> dict[bytes, int]:
-    return table if limit >= CACHED else {k: v for k, v in table.items() if v <= limit}
+def _capped(table: dict[bytes, int], limit: int, max_line: int) -> dict[bytes, int]:
+    """The cached headers a decoder may trust without checking them against its limits."""
+    if limit >= CACHED and max_line >= 5:
+        return table
+    return {k: v for k, v in table.items() if v <= limit and len(k) <= max_line}
 
 
 T = TypeVar("T")
@@ -66,8 +69,8 @@ class _Stream(Generic[T]):
         self._out: list[bytes] = []
         self._last_start = -1
         self._last_end = 0
-        self._bulk_hdr = _capped(_BULK_HDR, limits.max_bulk_len)
-        self._array_hdr = _capped(_ARRAY_HDR, limits.max_array_len)
+        self._bulk_hdr = _capped(_BULK_HDR, limits.max_bulk_len, limits.max_inline_len)
+        self._array_hdr = _capped(_ARRAY_HDR, limits.max_array_len, limits.max_inline_len)
         self._max_line = limits.max_inline_len
 
     def next(self) -> T | NeedData:

@@ -51,22 +51,27 @@ value's wire size only when a run boundary needs it (forwarding or replacing a w
 computes none). Call ``forward()`` after the ``next()`` loop and before the next ``feed()``.
 
 hiredis (``protocols._hiredis``, chosen by ``request_decoder_class()``/``reply_decoder_class()``):
-used for both decoders, but only where it provably returns what the pure decoder returns. hiredis
-3.x conflates ``+OK``/``$2 OK``, ``$-1``/``*-1``/``_``, sets/arrays, loses a double's text and a
-verbatim format, mangles attributes, refuses ``!`` and aggregate map keys, enforces no limit and
-reports no offsets. So a fed chunk goes to hiredis only when a byte guard shows none of that can
-occur (plain multibulk requests; ``$``/``:``/``*`` replies; ``+``/``:``-only replies such as a
-pipeline of ``+OK``), and the pure decoder takes over at the first byte hiredis did not return
-cleanly; the module docstring there has the details and the proof sketch. Measured with
-``python3 bench/resp_codec.py`` (depth-16 pipelines, 100-byte values; ns per item on the shared
-2-core dev box, best of 9 round-robin rounds; a raw ``hiredis.Reader`` is the floor):
+hiredis 3.x conflates ``+OK``/``$2 OK``, ``$-1``/``*-1``/``_``, sets/arrays, loses a double's text
+and a verbatim format, mangles attributes, refuses ``!`` and aggregate map keys, skips bulk
+trailers unchecked, enforces no limit and reports no offsets. So it only parses, and what it
+returns is verified before use: requests and ``$`` replies (bulk strings, flat arrays of them)
+by comparing the buffer with their canonical re-encoding (``hiredis.pack_command``, in C),
+``+``/``:``-only replies (a pipeline of ``+OK``) by a byte guard and a probe; the pure decoder
+takes over at the first unverified byte. Everything else (errors, nulls, RESP3 types, nested
+aggregates) is parsed by the pure decoder. Measured with ``python3 bench/resp_codec.py``
+(depth-16 pipelines, 100-byte values; ns per item, best of 9 round-robin rounds on the shared
+2-core dev box; a raw ``hiredis.Reader`` that verifies nothing is the floor):
 
-    requests  SET key <100 B>   floor 230   pure 2900   hiredis 840   hiredis+forward() 1000
-    replies   $100              floor 110   pure 1000   hiredis 550
-    replies   +OK                           pure  800   hiredis 560
+    requests  SET key <100 B>   floor 206   pure 2543   hiredis 1297   hiredis + forward() 1723
+    replies   $100 (GET)        floor 112   pure 1270   hiredis  979
+    replies   +OK                           pure  859   hiredis  696
+    replies   *2 of $100 (MGET)             pure 3621   hiredis 1148
 
-so hiredis makes request decoding ~3.5x and reply decoding ~1.5-2x faster; the rest of its cost
-over the floor is the guard scan, the type check and one Python call per ``next()``.
+Across runs (absolute numbers moved up to 2x with the machine's load) the ratios held: hiredis
+decodes requests 1.7-2x, bulk replies 1.3-1.7x, ``+OK`` 1.2x and arrays 2.5-3x faster than pure.
+A guard-only design was faster (requests 3.5x) but unsound: after a bulk whose 2 trailer bytes
+are not CRLF (Redis skips them unchecked), a ``+``/``~`` could hide from the guard; the frozen
+vectors ``*_after_bulk_trailer``/``bulk_trailer_then_*`` pin that case.
 ``encode_command`` stays pure: ``hiredis.pack_command`` is only ~15% faster and needs a tuple.
 
 Limits (``RespLimits``) are checked when a header is read, before any of the body is buffered:

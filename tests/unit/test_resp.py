@@ -392,11 +392,15 @@ def test_round_trip_commands(commands: list[list[bytes]]) -> None:
 _REQUEST_TOKENS = [b"*", b"$", b"1", b"2", b"3", b"0", b"-1", b"\r\n", b"\r", b"\n", b" ", b"\t",
                    b'"', b"'", b"\\", b"x41", b"\x00", b"PING", b"+", b":", b"(", b"=", b"~", b"|",
                    b"%", b">", b"_", b"!", b"#", b",", b"\xff", b"*1\r\n$4\r\nPING\r\n",
-                   b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", b"*0\r\n", b"PING\r\n"]  # fmt: skip
+                   b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", b"*0\r\n", b"PING\r\n",
+                   b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n", b"$12\r\n" + b"v" * 12,
+                   b"x" * 70, b"$1\r\naXY", b"XY", b"*1\r\n$1\r\naXY"]  # fmt: skip
 _REPLY_TOKENS = [b"*", b"$", b"%", b"~", b">", b"|", b"+", b"-", b":", b"_", b"#", b",", b"(",
                  b"!", b"=", b"1", b"2", b"0", b"-1", b"t", b"1.5", b"txt:", b"\r\n", b"\r",
                  b"\n", b"OK", b"\x00", b"$3\r\nfoo\r\n", b"*2\r\n:1\r\n:2\r\n", b"+OK\r\n",
-                 b"$-1\r\n", b"*-1\r\n"]  # fmt: skip
+                 b"$-1\r\n", b"*-1\r\n", b"+" + b"s" * 70 + b"\r\n", b"$70\r\n" + b"b" * 70,
+                 b":1234567890123\r\n", b"*3\r\n", b"+\r\n", b":1\r\n:2\r\n:3\r\n",
+                 b"$1\r\naXY", b"XY", b"*1\r\n$1\r\naXY"]  # fmt: skip
 
 
 def _soup(tokens: list[bytes]) -> st.SearchStrategy[bytes]:
@@ -410,6 +414,13 @@ def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 _TAKES = st.lists(st.integers(0, 3), max_size=8)
+_LIMITS = st.sampled_from(
+    [
+        RespLimits(max_inline_len=64, max_array_len=8, max_bulk_len=64, max_depth=4),
+        RespLimits(max_inline_len=10, max_array_len=2, max_bulk_len=5, max_depth=2),
+        resp.CLIENT_LIMITS,
+    ]
+)
 
 
 @FAST
@@ -417,14 +428,14 @@ _TAKES = st.lists(st.integers(0, 3), max_size=8)
     data=st.one_of(st.binary(max_size=80), _soup(_REQUEST_TOKENS)),
     cuts=st.lists(st.integers()),
     takes=_TAKES,
+    limits=_LIMITS,
 )
 def test_request_garbage_gives_commands_or_protocol_error(
-    data: bytes, cuts: list[int], takes: list[int]
+    data: bytes, cuts: list[int], takes: list[int], limits: RespLimits
 ) -> None:
-    """h11's fuzz property, plus: hiredis and pure agree on every byte stream, every split and
-    every consumer that stops draining early."""
+    """h11's fuzz property, plus: hiredis and pure agree on every byte stream, every split,
+    every limit and every consumer that stops draining early."""
     chunks = _chunked(data, cuts)
-    limits = RespLimits(max_inline_len=64, max_array_len=8, max_bulk_len=64)
     expected = outcome(RequestDecoder, [data], limits=limits)
     for cls in (RequestDecoder, HiredisRequestDecoder):
         assert outcome(cls, chunks, limits=limits) == expected
@@ -436,12 +447,12 @@ def test_request_garbage_gives_commands_or_protocol_error(
     data=st.one_of(st.binary(max_size=80), _soup(_REPLY_TOKENS)),
     cuts=st.lists(st.integers()),
     takes=_TAKES,
+    limits=_LIMITS,
 )
 def test_reply_garbage_gives_values_or_protocol_error(
-    data: bytes, cuts: list[int], takes: list[int]
+    data: bytes, cuts: list[int], takes: list[int], limits: RespLimits
 ) -> None:
     chunks = _chunked(data, cuts)
-    limits = RespLimits(max_inline_len=64, max_array_len=8, max_bulk_len=64, max_depth=4)
     expected = [typed(v) for v in outcome(ReplyDecoder, [data], limits=limits)]
     for cls in (ReplyDecoder, HiredisReplyDecoder):
         assert [typed(v) for v in outcome(cls, chunks, limits=limits)] == expected
@@ -569,25 +580,33 @@ def test_forwarding_needs_keep_raw_and_a_value(request_cls: type[RequestDecoder]
 
 
 def test_hiredis_takes_the_common_chunks() -> None:
-    """The accelerator is really used for plain pipelines, and really avoided when ambiguous."""
-    decoder = HiredisRequestDecoder()
-    decoder.feed(b"".join(encode_command([b"SET", b"k%d" % i, b"v"]) for i in range(16)))
-    assert decoder._batch is not None and len(decoder._batch) == 16
-    decoder.feed(encode_command([b"ZADD", b"z", b"+inf", b"m"]))
-    assert decoder._batch is None
-    assert drain(decoder)[-1] == [b"ZADD", b"z", b"+inf", b"m"]
-    replies = HiredisReplyDecoder()
-    replies.feed(b"$1\r\na\r\n:1\r\n*2\r\n$-1\r\n$1\r\nb\r\n")
-    assert replies._batch is not None and drain(replies) == [b"a", 1, [None, b"b"]]
-    replies.feed(b"+OK\r\n:1\r\n+QUEUED\r\n+other\r\n")
-    assert replies._batch is not None
-    assert [typed(v) for v in drain(replies)] == [
-        typed(v) for v in (OK, 1, SimpleString(b"QUEUED"), SimpleString(b"other"))
+    """The accelerator is really used for the common chunks, and yields what pure yields."""
+    commands = [[b"SET", b"k%d" % i, b"v" * 100] for i in range(16)]
+    common: list[tuple[type[Decoder], bytes]] = [
+        (HiredisRequestDecoder, b"".join(encode_command(c) for c in commands)),
+        (HiredisReplyDecoder, encode_reply(b"v" * 100) * 16),  # GET
+        (HiredisReplyDecoder, encode_reply([b"a", b"b"]) * 4),  # MGET, LRANGE, HGETALL (RESP2)
+        (HiredisReplyDecoder, b"+OK\r\n:1\r\n+QUEUED\r\n+other\r\n"),  # writes, INCR, MULTI
     ]
-    for ambiguous in (b"+OK\r\n$2\r\nOK\r\n", b"$1\r\na\r\n*-1\r\n", b"*1\r\n_\r\n",
-                      b":1\r\n-ERR x\r\n", b"+OK\r\n*0\r\n"):  # fmt: skip
-        replies.feed(ambiguous)
-        assert replies._batch is None
+    for cls, data in common:
+        decoder = cls()
+        decoder.feed(data)
+        assert decoder._batch is not None
+        pure = RequestDecoder if cls is HiredisRequestDecoder else ReplyDecoder
+        assert [typed(v) for v in drain(decoder)] == [typed(v) for v in outcome(pure, [data])]
+        assert decoder.at_boundary()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"+OK\r\n$2\r\nOK\r\n", b"$1\r\na\r\n*-1\r\n", b"*1\r\n_\r\n", b":1\r\n-ERR x\r\n",
+     b"+OK\r\n*0\r\n", b"$1\r\naXY+OK\r\n", b"$1\r\naXY~1\r\n:1\r\n", b"*1\r\n$1\r\naXY*0\r\n",
+     b"$1\r\na\r\n:1\r\n", b"*2\r\n$1\r\na\r\n:1\r\n", b"+a\nb\r\n"],
+)  # fmt: skip
+def test_hiredis_replies_on_ambiguous_chunks(data: bytes) -> None:
+    assert [typed(v) for v in outcome(HiredisReplyDecoder, [data])] == [
+        typed(v) for v in outcome(ReplyDecoder, [data])
+    ]
 
 
 # -- limits: refused when the header arrives, before the body ------------------------------
@@ -641,6 +660,31 @@ def test_reply_limits_before_the_body(reply_cls: type[ReplyDecoder]) -> None:
     assert first(reply_cls, b"+" + b"a" * 16) == "Protocol error: too big reply line"
     assert first(reply_cls, b"+" + b"a" * 16 + b"\r\n") == "Protocol error: too big reply line"
     assert first(reply_cls, b"+" + b"a" * 15 + b"\r\n") == SimpleString(b"a" * 15)
+
+
+def test_hiredis_batches_respect_line_limit(reply_cls: type[ReplyDecoder]) -> None:
+    long_line = b"+" + b"a" * 30 + b"\r\n"
+    assert first(reply_cls, long_line) == "Protocol error: too big reply line"
+    assert first(reply_cls, b"+OK\r\n" + long_line, RespLimits(max_inline_len=16)) == OK
+
+
+def test_hiredis_batches_respect_every_limit(reply_cls: type[ReplyDecoder]) -> None:
+    """Complete values inside one small chunk still break limits the same way in every decoder."""
+    assert first(reply_cls, b"*5\r\n" + b":1\r\n" * 5, RespLimits(max_array_len=4)) == (
+        "Protocol error: invalid multibulk length"
+    )
+    assert first(reply_cls, b":12345678901234567\r\n", RespLimits(max_inline_len=16)) == (
+        "Protocol error: too big reply line"
+    )
+
+
+def test_hiredis_request_batches_respect_every_limit(request_cls: type[RequestDecoder]) -> None:
+    assert first(request_cls, encode_command([b"A"] * 5), RespLimits(max_array_len=4)) == (
+        "Protocol error: invalid multibulk length"
+    )
+    assert first(request_cls, encode_command([b"a" * 10]), RespLimits(max_inline_len=2)) == (
+        "Protocol error: too big bulk count string"
+    )
 
 
 def test_hiredis_batches_respect_depth() -> None:
