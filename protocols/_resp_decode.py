@@ -177,9 +177,11 @@ class RequestDecoder(_Stream[list[bytes]]):
     """
 
     def __init__(self, limits: RespLimits = CLIENT_LIMITS, *, keep_raw: bool = False) -> None:
-        """Args:
-        limits: size limits (``CLIENT_LIMITS`` by default).
-        keep_raw: keep wire bytes for ``replace()``/``forward()``.
+        """A decoder for one connection.
+
+        Args:
+            limits: size limits (``CLIENT_LIMITS`` by default).
+            keep_raw: keep the wire bytes of returned values for ``replace()``/``forward()``.
         """
         super().__init__(limits, keep_raw)
         self._args: list[bytes] | None = None
@@ -373,9 +375,11 @@ class ReplyDecoder(_Stream[Value]):
     """
 
     def __init__(self, limits: RespLimits = UPSTREAM_LIMITS, *, keep_raw: bool = False) -> None:
-        """Args:
-        limits: size limits (``UPSTREAM_LIMITS`` by default).
-        keep_raw: keep wire bytes for ``replace()``/``forward()``.
+        """A decoder for one connection.
+
+        Args:
+            limits: size limits (``UPSTREAM_LIMITS`` by default).
+            keep_raw: keep the wire bytes of returned values for ``replace()``/``forward()``.
         """
         super().__init__(limits, keep_raw)
         self._stack: list[_Frame] = []

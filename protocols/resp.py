@@ -45,10 +45,11 @@ raise ``ValueError``.
 Forwarding raw bytes: most traffic passes veil unchanged, and re-encoding is the single largest
 avoidable cost. A decoder built with ``keep_raw=True`` keeps the wire bytes of everything
 ``next()`` returned; ``replace(data)`` substitutes bytes for the last value (``b""`` drops it) and
-``forward()`` returns the bytes to send on: one slice for a run of unchanged values. This is
-cheaper than per-value spans: the hiredis decoders learn no offsets from hiredis and compute a
-value's wire size only when a run boundary needs it (forwarding or replacing a whole batch
-computes none). Call ``forward()`` after the ``next()`` loop and before the next ``feed()``.
+``forward()`` returns the bytes to send on: one slice for a run of unchanged values, so a
+pipeline forwarded untouched costs one slice, not one per command. Offsets are tracked only
+where needed (the hiredis decoders get them from their verification, or compute them when a
+run boundary needs one). Call ``replace()`` right after the ``next()`` that returned the value,
+and ``forward()`` after the ``next()`` loop, before the next ``feed()``.
 
 hiredis (``protocols._hiredis``, chosen by ``request_decoder_class()``/``reply_decoder_class()``):
 hiredis 3.x conflates ``+OK``/``$2 OK``, ``$-1``/``*-1``/``_``, sets/arrays, loses a double's text
@@ -75,9 +76,17 @@ vectors ``*_after_bulk_trailer``/``bulk_trailer_then_*`` pin that case.
 ``encode_command`` stays pure: ``hiredis.pack_command`` is only ~15% faster and needs a tuple.
 
 Limits (``RespLimits``) are checked when a header is read, before any of the body is buffered:
-bulk length, aggregate length, nesting depth, line length (a header or inline line, 64 KiB as
-Redis's ``PROTO_INLINE_MAX_SIZE``). Any violation or malformed input raises ``RespProtocolError``:
-the peer sent garbage, and the connection must be closed after answering ``resp_error``.
+bulk length, aggregate length, nesting depth, line length (a header or inline line, type byte
+included). ``CLIENT_LIMITS``: 512 MiB bulk (``proto-max-bulk-len``), 1 Mi elements, depth 32,
+64 KiB lines (``PROTO_INLINE_MAX_SIZE``); ``UPSTREAM_LIMITS`` allow 2^32-1 elements and 1 MiB
+lines. Any violation or malformed input raises ``RespProtocolError``: the peer sent garbage, and
+the connection must be closed after answering ``resp_error``.
+
+Where veil deliberately differs from Redis (always by refusing, never by reading otherwise):
+more than ``max_array_len`` arguments (Redis 7 allows INT_MAX); a NUL inside a multibulk header
+line is refused at once (Redis's ``strchr`` stalls the connection instead); a line is too long
+by its length alone (Redis decides by how much happens to be buffered, so a long line may pass
+or fail depending on read sizes).
 """
 
 from __future__ import annotations
