@@ -55,7 +55,7 @@ REPLY_DECODERS = [
 ]
 TRAILING_REQUEST = b"*1\r\n$4\r\nPING\r\n"
 TRAILING_REPLY = b"$4\r\ntail\r\n"
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 Decoder = RequestDecoder | ReplyDecoder
 
