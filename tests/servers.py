@@ -203,3 +203,75 @@ async def init_keyring(settings: object) -> None:
     ops = wiring.build_ops(s, store, provider)  # type: ignore[arg-type]
     await ops.init([c.name for c in s.keys.classes])  # type: ignore[attr-defined]
     await store.close()
+
+
+# --- veil's RESP listener in a thread of its own (sync and asyncio clients alike) -------------
+
+
+@dataclass
+class VeilResp:
+    """An in-process veil (``App``) with its RESP listener, on an event loop in a thread.
+
+    ``client()`` is a redis-py client through veil, ``direct()`` one to the upstream itself
+    (to assert what Redis really holds).
+    """
+
+    upstream: RedisServer
+    port: int
+    app: object
+    loop: object
+    thread: object
+
+    def client(self, **kw: object) -> object:
+        import redis
+
+        return redis.Redis(port=self.port, socket_timeout=10, **kw)  # type: ignore[arg-type]
+
+    def direct(self, **kw: object) -> object:
+        import redis
+
+        return redis.Redis(port=self.upstream.port, socket_timeout=10, **kw)  # type: ignore[arg-type]
+
+    def call(self, coro: object, timeout: float = 30) -> object:
+        import asyncio
+
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        return future.result(timeout)
+
+    def stop(self) -> None:
+        self.call(self.app.stop(grace=1.0))  # type: ignore[attr-defined]
+        self.loop.call_soon_threadsafe(self.loop.stop)  # type: ignore[attr-defined]
+        self.thread.join(10)  # type: ignore[attr-defined]
+
+
+def start_veil_resp(tmp: Path, upstream: RedisServer, **redis: object) -> VeilResp:
+    """veil in a thread, fronting ``upstream``; ``redis`` overrides ``[redis]`` settings."""
+    import asyncio
+    import threading
+
+    from proxy.app import App
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="veil-resp", daemon=True)
+    thread.start()
+    section: dict[str, object] = {"listen": "127.0.0.1:0", "upstream": upstream.url}
+    section.update(redis)
+    settings = veil_settings(tmp, redis=section)
+
+    async def boot() -> tuple[object, int]:
+        await init_keyring(settings)
+        app = App(settings)  # type: ignore[arg-type]
+        ctx = await app.start()
+        return app, ctx.listeners["resp"].address[1]
+
+    app, port = asyncio.run_coroutine_threadsafe(boot(), loop).result(60)
+    return VeilResp(upstream, port, app, loop, thread)
+
+
+@pytest.fixture
+def veil_resp(tmp_path: Path, redis_server: RedisServer) -> Iterator[VeilResp]:
+    """veil (default settings: every key encrypted) in front of the flushed session Redis."""
+    redis_server.cli("FLUSHALL")
+    veil = start_veil_resp(tmp_path, redis_server)
+    yield veil
+    veil.stop()
