@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -409,3 +411,32 @@ async def test_escrow_restores_after_total_loss(
         escrow.open_bundle(
             bundle, escrow.load_private_key(escrow.generate_identity()[0]), b"wrong passphrase"
         )
+
+
+async def test_keyring_writes_wait_for_replicas(root_key: bytes, clock: Clock) -> None:
+    primary = RedisServer().start()
+    replica = RedisServer(
+        extra=["--replicaof", "127.0.0.1", str(primary.port), "--enable-debug-command", "yes"]
+    ).start()
+    try:
+        for _ in range(100):  # the replica has synced once it reports its link up
+            if "master_link_status:up" in replica.cli("INFO", "replication"):
+                break
+            await asyncio.sleep(0.05)
+        ops = make_ops(RedisStore(primary.url), root_key, clock)
+        await ops.init([])
+        # a replica that is busy for 0.8 s: a write that WAITs for it takes that long
+        sleeper = subprocess.Popen(
+            ["redis-cli", "-p", str(replica.port), "DEBUG", "SLEEP", "0.8"],
+            stdout=subprocess.DEVNULL,
+        )
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await ops.rotate("default")
+        assert time.monotonic() - started > 0.5
+        sleeper.wait(10)
+        doc = json.loads(replica.cli("GET", KEYRING_KEY))
+        assert doc["revision"] == (await ops.load()).revision
+    finally:
+        replica.cleanup()
+        primary.cleanup()
