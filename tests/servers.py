@@ -256,7 +256,7 @@ def start_veil_resp(tmp: Path, upstream: RedisServer, **redis: object) -> VeilRe
     thread.start()
     section: dict[str, object] = {"listen": "127.0.0.1:0", "upstream": upstream.url}
     section.update(redis)
-    settings = veil_settings(tmp, redis=section)
+    settings = veil_settings(tmp, redis=section, admin={"listen": "off"})
 
     async def boot() -> tuple[object, int]:
         await init_keyring(settings)

@@ -150,6 +150,9 @@ class ClientConnection(asyncio.Protocol):
             return
         except VeilError as e:  # sealing impossible (keyring stale, no active version)
             self.errors[idx] += 1
+            self.req.replace(b"")
+            if self.state.in_multi:
+                self.state.dirty = True
             self.local(ErrorReply(e.resp_error), idx)
             return
         if self.observe:
@@ -160,11 +163,16 @@ class ClientConnection(asyncio.Protocol):
         self.forward(idx if fn is None else Entry(TRANSFORM, idx, fn, arg))
 
     def refuse(self, refusal: Refusal, idx: int, cmd: list[bytes]) -> None:
-        """A refused command: an error in its slot, or (observe mode) forwarded and counted."""
+        """A refused command: an error in its slot, or (observe mode) forwarded and counted.
+
+        The command's bytes are dropped here (never forwarded), so callers must not have
+        replaced them already.
+        """
         self.refused[idx] += 1
         if self.observe:
             self.forward(idx)
             return
+        self.req.replace(b"")
         if self.state.in_multi:
             self.state.dirty = True
         self.local(refusal.reply, idx)

@@ -230,9 +230,9 @@ def discard(conn: ClientConnection, row: Row, cmd: list[bytes]) -> None:
 
 def client_reply(conn: ClientConnection, row: Row, cmd: list[bytes]) -> None:
     """CLIENT REPLY ON|OFF|SKIP, emulated: the upstream keeps answering, veil drops replies."""
-    conn.req.replace(b"")
     if _refuse_in_multi(conn, row, cmd):
         return
+    conn.req.replace(b"")
     mode = cmd[2].upper()
     s = conn.state
     if mode == b"ON":
@@ -246,7 +246,6 @@ def client_reply(conn: ClientConnection, row: Row, cmd: list[bytes]) -> None:
 
 def subscribe(conn: ClientConnection, row: Row, cmd: list[bytes]) -> None:
     if _refuse_in_multi(conn, row, cmd):
-        conn.req.replace(b"")
         return
     s = conn.state
     s.pubsub_pending += 1
@@ -258,11 +257,11 @@ def _emulation(conn: ClientConnection, row: Row, cmd: list[bytes]) -> None:
     if conn.observe or conn.cipher.key(cmd[1]) is None:
         conn.forward(row.index)
         return
-    conn.req.replace(b"")
     if conn.state.in_multi:
         name = cmd[0].decode("latin-1").upper()
         conn.refuse(Refusal(f"ERR veil: {name} cannot be emulated inside MULTI"), row.index, cmd)
         return
+    conn.req.replace(b"")
     emulate.start(conn, row, cmd)
 
 
