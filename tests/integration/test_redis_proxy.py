@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -61,7 +60,9 @@ def pairs(items: Any) -> list[tuple[bytes, float]]:
 def sealed(raw: Any, plain: bytes) -> None:
     """What Redis holds is an envelope, not the plaintext."""
     assert isinstance(raw, bytes), raw
-    assert raw[:3] == MAGIC and plain not in raw[11:], raw
+    assert raw[:3] == MAGIC and raw != plain, raw
+    if len(plain) >= 4:  # a short plaintext may occur in random bytes by chance
+        assert plain not in raw, raw
 
 
 # --- strings ---------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def test_hashes(c: Any, d: Any) -> None:
     assert sorted(c.hvals("h")) == [b"v1", b"v2", b"v3"]
     assert sorted(c.hkeys("h")) == [b"f1", b"f2", b"f3"]
     assert c.hexists("h", "f2") and c.hlen("h") == 3
-    cursor, found = c.hscan("h", 0, count=100)
+    _, found = c.hscan("h", 0, count=100)
     assert found == {b"f1": b"v1", b"f2": b"v2", b"f3": b"v3"}
     assert c.hrandfield("h") in (b"f1", b"f2", b"f3")
     pairs = c.hrandfield("h", 2, withvalues=True)
@@ -202,7 +203,7 @@ def test_lists(c: Any, d: Any) -> None:
     assert c.rpoplpush("src", "dst") == b"2"
     assert c.lrange("dst", 0, -1) == [b"2", b"1"]
     assert c.lmpop(2, "nothing", "dst", direction="LEFT", count=5) == [b"dst", [b"2", b"1"]]
-    with pytest.raises(redis.ResponseError, match="needs redis.deterministic_lists"):
+    with pytest.raises(redis.ResponseError, match=r"needs redis\.deterministic_lists"):
         c.lrem("l", 0, b"A")
     with pytest.raises(redis.ResponseError, match="different encryption policies"):
         c.lmove("l", "plain:l", "LEFT", "LEFT")
@@ -237,7 +238,7 @@ def test_sets(c: Any, d: Any) -> None:
     assert c.smove("s1", "s2", b"a") and c.sismember("s2", b"a")
     assert c.srem("s2", b"a") == 1
     assert c.spop("s3") in (b"b", b"c") and c.srandmember("s3") in (b"b", b"c")
-    cursor, members = c.sscan("s2")
+    _, members = c.sscan("s2")
     assert set(members) == {b"b", b"c", b"d"}
     assert all(m[:3] == MAGIC for m in d.smembers("s1"))
     with pytest.raises(redis.ResponseError, match="different encryption policies"):
@@ -247,24 +248,25 @@ def test_sets(c: Any, d: Any) -> None:
 
 
 def test_sorted_sets(c: Any, d: Any) -> None:
+    # ties are ordered by the stored (encrypted) member: the test avoids equal scores
     assert c.zadd("z", {b"a": 1, b"b": 2, b"c": 3}) == 3
     assert c.zadd("z", {b"a": 5}, xx=True, ch=True) == 1
     assert c.zscore("z", b"a") == 5.0 and c.zrank("z", b"a") == 2
-    assert c.zincrby("z", 1, b"b") == 3.0
+    assert c.zincrby("z", 2, b"b") == 4.0
     assert c.zrange("z", 0, -1) == [b"c", b"b", b"a"]
-    assert pairs(c.zrange("z", 0, -1, withscores=True)) == [(b"c", 3.0), (b"b", 3.0), (b"a", 5.0)]
-    assert c.zrangebyscore("z", 4, 10) == [b"a"]
+    assert pairs(c.zrange("z", 0, -1, withscores=True)) == [(b"c", 3.0), (b"b", 4.0), (b"a", 5.0)]
+    assert c.zrangebyscore("z", 4.5, 10) == [b"a"]
     assert pairs(c.zrevrange("z", 0, 0, withscores=True)) == [(b"a", 5.0)]
     assert c.zmscore("z", [b"a", b"x"]) == [5.0, None]
     assert c.zrandmember("z") in (b"a", b"b", b"c")
     assert pairs(c.zpopmin("z")) == [(b"c", 3.0)]
-    c.zadd("z2", {b"a": 1, b"q": 1})
+    c.zadd("z2", {b"a": 1, b"q": 2})
     union = pairs(c.zunion(["z", "z2"], withscores=True))
-    assert union == [(b"q", 1.0), (b"b", 3.0), (b"a", 6.0)]
+    assert union == [(b"q", 2.0), (b"b", 4.0), (b"a", 6.0)]
     assert c.zinterstore("zi", ["z", "z2"]) == 1 and c.zrange("zi", 0, -1) == [b"a"]
     assert c.zrangestore("zr", "z", 0, -1) == 2
     assert tuple(c.bzpopmax("z", timeout=1)) == (b"z", b"a", 5.0)
-    assert sorted(pairs(c.zscan("z2")[1])) == [(b"a", 1.0), (b"q", 1.0)]
+    assert sorted(pairs(c.zscan("z2")[1])) == [(b"a", 1.0), (b"q", 2.0)]
     assert all(m[:3] == MAGIC for m in d.zrange("z2", 0, -1))
     with pytest.raises(redis.ResponseError, match="not supported on encrypted key"):
         c.zrangebylex("z", "-", "+")
