@@ -52,7 +52,7 @@ async def client_chunks(request: web.BaseRequest) -> AsyncIterator[bytes]:
     content = request.content
     while True:
         try:
-            chunk = await content.readany()
+            chunk, _ = await content.readchunk()  # one received chunk, never a joined copy
         except (aiohttp.ClientError, ConnectionError):
             return
         if not chunk:
@@ -168,14 +168,13 @@ async def decrypted(
     try:
         while True:
             try:
-                chunk = await content.readany()
+                chunk, _ = await content.readchunk()
             except (aiohttp.ClientError, ConnectionError):
                 raise S3Error("InternalError", "veil: upstream S3 connection broke") from None
             if not chunk:
                 break
-            out = decryptor.feed(chunk)
-            if out:
-                yield out[0] if len(out) == 1 else b"".join(out)
+            for piece in decryptor.feed(chunk):
+                yield piece
         decryptor.finish()
     except VeilError as e:
         raise DecryptFailure(e) from None
