@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from proxy import cli_audit, cli_keys, cli_reencrypt, cli_serve, demo
+    from proxy import cli_audit, cli_inspect, cli_keys, cli_reencrypt, cli_serve, demo
 
     parser = _Parser(prog="veil", description="Transparent encrypting sidecar for Redis and S3.")
     parser.add_argument("-c", "--config", help="config file (default: $VEIL_CONFIG or ./veil.toml)")
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_audit.register(sub)
     cli_reencrypt.register(sub)
     demo.register(sub)
+    cli_inspect.register(sub)
     return parser
 
 
