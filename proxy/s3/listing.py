@@ -137,7 +137,7 @@ async def get_object_attributes(call: Call) -> web.StreamResponse:
         raise deps.decrypt_failure(e, str(obj.envelope.version if obj.envelope else "")) from None
     if "ObjectParts" in wanted and obj.multipart and layout is not None:
         parts.append(
-            f"<ObjectParts><TotalPartsCount>{len(layout.parts)}</TotalPartsCount></ObjectParts>"
+            f"<ObjectParts><PartsCount>{len(layout.parts)}</PartsCount></ObjectParts>"
         )
     if "StorageClass" in wanted:
         parts.append(
