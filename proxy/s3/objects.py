@@ -147,7 +147,9 @@ async def put_object(call: Call) -> web.StreamResponse:
         body = b"".join([*encryptor.feed(plaintext), encryptor.finish()])
         del plaintext
         value = meta.encode(header, digests_of(result))
-        reply = await deps.upstream.call("PUT", target, [*headers, (META_HEADER, value)], body)
+        reply = await deps.upstream.call(
+            "PUT", target, [*headers, (META_HEADER, value)], body, sign_body=False
+        )
         deps.count_encrypt(version_key)
         return put_answer(call, result, reply.headers)
     known = declared_digests(head)

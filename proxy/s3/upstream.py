@@ -190,6 +190,7 @@ class Upstream:
         body: Body = None,
         *,
         length: int | None = None,
+        sign_body: bool = True,
     ) -> aiohttp.ClientResponse:
         """Send one request; the caller reads (or releases) the response.
 
@@ -200,13 +201,15 @@ class Upstream:
             body: bytes (signed by SHA-256), an async iterator (``UNSIGNED-PAYLOAD``; give
                 ``length``), or ``None``.
             length: the exact byte length of an iterator body.
+            sign_body: sign a bytes body's SHA-256 (XML documents); ``False`` sends
+                ``UNSIGNED-PAYLOAD`` (ciphertext: authenticated by its own tags when read).
 
         Raises:
             S3Error: ``ServiceUnavailable`` when the upstream cannot be reached.
         """
         send_headers = list(headers)
         if isinstance(body, bytes):
-            payload_hash = hashlib.sha256(body).hexdigest()
+            payload_hash = hashlib.sha256(body).hexdigest() if sign_body else UNSIGNED_PAYLOAD
             send_headers.append(("content-length", str(len(body))))
         elif body is None:
             payload_hash = hashlib.sha256(b"").hexdigest()
@@ -243,13 +246,14 @@ class Upstream:
         body: bytes | None = None,
         *,
         ok: Iterable[int] = (200, 204, 206),
+        sign_body: bool = True,
     ) -> Reply:
         """Send a request and read its whole (small) answer; an error status raises.
 
         Raises:
             S3Error: the upstream's error (see :func:`error_of`) or ``ServiceUnavailable``.
         """
-        resp = await self.send(method, target, headers, body)
+        resp = await self.send(method, target, headers, body, sign_body=sign_body)
         async with resp:
             try:
                 data = await resp.read()
