@@ -208,6 +208,9 @@ async def _create_bucket(s: Settings, s3_url: str) -> None:
 
 
 async def run(workdir: Path) -> int:
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
     workdir.mkdir(parents=True, exist_ok=True)
     with redis_upstream(workdir) as (redis_port, redis_kind), s3_upstream() as s3_url:
         config = write_config(workdir, redis_port, s3_url)
