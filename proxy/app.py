@@ -131,8 +131,17 @@ def _enabled(settings: Settings) -> list[str]:
 
 
 class App:
-    def __init__(self, settings: Settings, starters: Mapping[str, StartFn] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        starters: Mapping[str, StartFn] | None = None,
+        *,
+        migrate: bool = True,
+    ) -> None:
+        """``migrate=False`` builds the rotation engine without running its loop (tests drive
+        ``ctx.engine.tick()`` themselves)."""
         self.settings = settings
+        self._migrate = migrate
         self.metrics = Metrics()
         self._starters = starters
         self._tasks: list[asyncio.Task[None]] = []
@@ -184,13 +193,18 @@ class App:
         self._tasks.append(asyncio.create_task(runtime.run(), name="veil-keyring"))
         self._tasks.append(asyncio.create_task(self._anchor_loop(chain, store), name="veil-anchor"))
         ctx.engine = self._engine(ctx)
-        if ctx.engine is not None:
+        if ctx.engine is not None and self._migrate:
             self._tasks.append(asyncio.create_task(ctx.engine.run(), name="veil-rotation"))
         for name in _enabled(s):
             start = (self._starters or {}).get(name) or _load(LISTENERS[name])
             listener = await start(ctx)
             ctx.listeners[name] = listener
             log.info("%s listening on %s:%d", name, *listener.address)
+        s3 = ctx.listeners.get("s3")
+        if ctx.engine is not None and s3 is not None and hasattr(s3, "deps"):
+            from proxy.rotation.s3_walk import S3Walker
+
+            ctx.engine.add_walker(S3Walker(s3.deps, s.reencrypt.batch, s.reencrypt.concurrency))
         return ctx
 
     def _engine(self, ctx: Context) -> Any:
@@ -218,8 +232,8 @@ class App:
             migrator = RedisMigrator(values, client, s.reencrypt.batch)
             walkers.append(RedisWalker(migrator))
             ctx.lazy["redis"] = LazyQueue("redis", ctx.metrics)
-        if not walkers:
-            return None
+        if not walkers and s.s3.listen is None:
+            return None  # this sidecar fronts no store: nothing to migrate
         ops = wiring.build_ops(s, ctx.store, ctx.runtime.provider)
         ops.audit = ctx.audit
         engine = Engine(

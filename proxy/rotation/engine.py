@@ -119,6 +119,12 @@ class Engine:
         self._lease_at = 0.0
         self._next_pass_at = 0.0
 
+    def add_walker(self, walker: Walker) -> None:
+        """A store whose client exists only once its listener started (S3)."""
+        self.walkers[walker.name] = walker
+        self.status[walker.name] = StoreStatus()
+        self._clean[walker.name] = {}
+
     # --- control -------------------------------------------------------------------------
 
     async def control(self) -> dict[str, Any]:
@@ -376,7 +382,12 @@ class Engine:
             remaining["plaintext"] = counts["plaintext"]
         status.remaining = remaining
         status.unmigratable = dict(tally.unmigratable)
-        status.complete = not remaining and not tally.failures and status.acked_at_start
+        status.complete = (
+            not remaining
+            and not tally.failures
+            and status.acked_at_start
+            and not any(n > 0 for n in tally.blocked.values())
+        )
         status.state = IDLE
         status.cursor = {}
         status.finished_at = rfc3339(self.clock())
