@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import os
 import shutil
 import socket
@@ -243,43 +242,35 @@ def big_multipart(veil: Any, pid: int, gib: float) -> tuple[Phase, Phase, int]:
     return up, down, max(sampler.peak_kib, status_kib(pid, "VmHWM"))
 
 
-class RepeatingReader(io.RawIOBase):
-    """``size`` bytes of a repeated random block, without holding them."""
+class RepeatingReader:
+    """``size`` bytes of a repeated random block, without holding them (``read`` only)."""
 
     def __init__(self, size: int) -> None:
         self._block = os.urandom(MiB + 7)
         self._size = size
         self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = min(len(buffer), self._size - self._pos)
-        if n <= 0:
-            return 0
-        offset = self._pos % len(self._block)
-        chunk = (self._block[offset:] + self._block)[:n]
-        buffer[:n] = chunk
+    def read(self, n: int = -1) -> bytes:
+        n = self._size - self._pos if n is None or n < 0 else min(n, self._size - self._pos)
+        out = bytearray()
+        while len(out) < n:
+            offset = (self._pos + len(out)) % len(self._block)
+            out += self._block[offset : offset + n - len(out)]
         self._pos += n
-        return n
+        return bytes(out)
 
 
-class CountingWriter(io.RawIOBase):
+class CountingWriter:
+    """A write-only sink (not seekable: the transfer manager then writes in order)."""
+
     def __init__(self) -> None:
         self.count = 0
         self._lock = threading.Lock()
 
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
+    def write(self, data: bytes) -> int:
         with self._lock:
             self.count += len(data)
         return len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return offset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-S5 binds bucket and key into the *wrap* of an object's data key, not into its body, so a copy
+SPEC 5 binds bucket and key into the *wrap* of an object's data key, not into its body, so a copy
 is a metadata-only operation: veil unwraps the source's data key for (source bucket, key),
 wraps it again for (destination bucket, key) under the destination class's active version,
 and lets the store copy the body bytes (``CopyObject`` with ``x-amz-metadata-directive:

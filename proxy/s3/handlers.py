@@ -19,12 +19,12 @@ from multidict import CIMultiDict
 from protocols.s3.chunked import strip_aws_chunked
 from protocols.s3.errors import S3Error
 from protocols.s3.request import PASSTHROUGH, Operation
+from proxy.s3.complete import complete_multipart_upload
 from proxy.s3.context import Call, Handler
 from proxy.s3.copy import copy_object
 from proxy.s3.listing import get_object_attributes, list_objects
 from proxy.s3.multipart import (
     abort_multipart_upload,
-    complete_multipart_upload,
     create_multipart_upload,
     list_parts,
     upload_part,

@@ -11,7 +11,6 @@ plaintext, mostly) is shown as stored.
 from __future__ import annotations
 
 import asyncio
-import base64
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -49,7 +48,12 @@ async def list_objects(call: Call) -> web.StreamResponse:
         body = s3xml.rewrite_listing(reply.body, _arithmetic)
     else:
         entries: list[s3xml.ListEntry] = []
-        s3xml.rewrite_listing(reply.body, lambda e: entries.append(e) or e)  # type: ignore[func-returns-value]
+
+        def collect(entry: s3xml.ListEntry) -> s3xml.ListEntry:
+            entries.append(entry)
+            return entry
+
+        s3xml.rewrite_listing(reply.body, collect)
         exact = await _exact(call, entries)
         body = s3xml.rewrite_listing(reply.body, lambda e: exact.get((e.key, e.version_id), e))
     headers = CIMultiDict([("Content-Type", "application/xml")])
@@ -136,9 +140,7 @@ async def get_object_attributes(call: Call) -> web.StreamResponse:
     except VeilError as e:
         raise deps.decrypt_failure(e, str(obj.envelope.version if obj.envelope else "")) from None
     if "ObjectParts" in wanted and obj.multipart and layout is not None:
-        parts.append(
-            f"<ObjectParts><PartsCount>{len(layout.parts)}</PartsCount></ObjectParts>"
-        )
+        parts.append(f"<ObjectParts><PartsCount>{len(layout.parts)}</PartsCount></ObjectParts>")
     if "StorageClass" in wanted:
         parts.append(
             f"<StorageClass>{_xml(obj.header('x-amz-storage-class') or 'STANDARD')}</StorageClass>"
@@ -159,6 +161,3 @@ def _xml(text: str) -> str:
     from xml.sax.saxutils import escape
 
     return escape(text)
-
-
-_ = base64

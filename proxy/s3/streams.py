@@ -67,7 +67,7 @@ class SealedUpload:
         call: the client request (head, verification, body stream).
         dk: the object's (or upload's) data key.
         part: the part number in the nonces (0 for a single PUT).
-        ciphertext_md5: compute the MD5 of the ciphertext (for ``last_check``).
+        reader: the body reader, when the caller built it (to read the declared length).
         last_check: called with the ciphertext MD5 before the last segment is released.
     """
 

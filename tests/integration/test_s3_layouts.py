@@ -54,7 +54,7 @@ def test_layout_learned_when_not_recorded(
     async def lost(*args: Any, **kwargs: Any) -> None:
         return None  # the post-Complete self-copy lost a race (or the object is > 5 GiB)
 
-    monkeypatch.setattr("proxy.s3.multipart.persist_metadata", lost)
+    monkeypatch.setattr("proxy.s3.complete.persist_metadata", lost)
     data = multipart(client, bucket, "mp", [PART, PART, 777])
     monkeypatch.undo()
     _, digests = meta.decode(direct.head_object(Bucket=bucket, Key="mp")["Metadata"]["veil-env"])

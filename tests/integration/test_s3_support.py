@@ -75,6 +75,8 @@ class VeilThread:
         if self.app is not None:
             with contextlib.suppress(Exception):
                 self.run(self.app.stop(2.0))
+        with contextlib.suppress(Exception):
+            self.run(_cancel_others())
         self.loop.call_soon_threadsafe(self.loop.stop)
         if self.thread is not None:
             self.thread.join(10)
@@ -88,6 +90,15 @@ class VeilThread:
         host, port = self.address()
         scheme = "https" if self.settings.s3.tls_cert else "http"
         return f"{scheme}://{host}:{port}"
+
+
+async def _cancel_others() -> None:
+    """Finish the connection tasks a stopped listener leaves (idle keep-alive clients)."""
+    me = asyncio.current_task()
+    others = [t for t in asyncio.all_tasks() if t is not me]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 def start_veil(tmp: Path, moto: MotoServer, **s3: object) -> VeilThread:
