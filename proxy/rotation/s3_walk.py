@@ -98,6 +98,7 @@ class S3Walker:
         self.deps = deps
         self.batch = batch
         self.concurrency = concurrency
+        self._acls: dict[str, bool] = {}  # bucket -> object ACLs in force
 
     # --- listing -------------------------------------------------------------------------
 
@@ -266,8 +267,24 @@ class S3Walker:
     async def _acl(self, bucket: str, key: str) -> list[tuple[str, str]]:
         """The object's ACL as ``x-amz-grant-*`` headers (none when it is the default, owner
         only): sent with the copy or PUT itself, so the ACL never lapses in between."""
+        enabled = self._acls.get(bucket)
+        if enabled is None:
+            enabled = self._acls[bucket] = await self._acls_enabled(bucket)
+        if not enabled:
+            return []
         reply = await self.deps.upstream.call("GET", Target(bucket, key, (("acl", None),)))
         return grant_headers(reply.body)
+
+    async def _acls_enabled(self, bucket: str) -> bool:
+        """False for buckets with ``BucketOwnerEnforced`` (S3's default since 2023): object
+        ACLs are off there, so a rewrap needs no GET ?acl per object."""
+        try:
+            reply = await self.deps.upstream.call(
+                "GET", Target(bucket, None, (("ownershipControls", None),))
+            )
+        except S3Error:
+            return True  # no ownership controls (or not supported): ACLs may be in force
+        return b"BucketOwnerEnforced" not in reply.body
 
     async def rewrap(self, bucket: str, key: str, obj: StoredObject) -> None:
         """The metadata-only self-copy: a new wrap of the same data key, no body bytes."""
