@@ -482,8 +482,12 @@ class Engine:
             period = self.rotation_periods.get(c.name)
             pending = [v for v in c.versions if v.state is State.PENDING]
             if pending:
-                with contextlib.suppress(RefusedError):
-                    await self.ops.promote(c.name, pending[0].version)
+                # only versions this engine added on schedule: an operator's pending version
+                # is theirs to promote (they may be staging it)
+                mine = await self.store.get_state(f"scheduled:{c.name}") or {}
+                if mine.get("version") == pending[0].version:
+                    with contextlib.suppress(RefusedError):
+                        await self.ops.promote(c.name, pending[0].version)
                 continue
             active = c.active(KeyKind.MASTER)
             if active is None or active.activated is None:
@@ -493,6 +497,8 @@ class Engine:
             if worn or due:
                 with contextlib.suppress(RefusedError):
                     change = await self.ops.rotate(c.name)
+                    version = change.events[0]["version"]
+                    await self.store.put_state(f"scheduled:{c.name}", {"version": version})
                     log.warning(
                         "scheduled rotation of class %s: version %s pending",
                         c.name,

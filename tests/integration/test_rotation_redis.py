@@ -445,3 +445,12 @@ async def test_index_rotation_rebuilds_members_keeping_scores(rig: Rig) -> None:
     assert v.seal(b"set", Role.SET_MEMBER, b"alice") in await rig.r.smembers("set")
     kr = await rig.ops.load()
     assert kr.cls("default").index_versions[0].migration_complete is not None
+
+
+async def test_an_operators_pending_version_is_left_to_the_operator(rig: Rig) -> None:
+    await rig.ops.rotate("default")  # staged by hand, not on schedule
+    await rig.runtime.refresh()
+    await rig.runtime.heartbeat()
+    await rig.engine(rotation_periods={"default": 1.0}).tick()
+    assert [v.state.value for v in rig.runtime.keyset.keyring.cls("default").versions] == [
+        "active", "pending"]
