@@ -13,7 +13,8 @@ request needs so that the per-value cost is one dict lookup plus the AEAD call:
   changes (``reset``, a ``KeyringRuntime`` listener) and re-checked for staleness once a second
   by ``check()`` (the listener's timer), not per value: ``KeyringRuntime.sealer`` reads the
   clock, which costs more than the AES-GCM call it guards.
-* ``open`` counts per key version (flushed into ``veil_decrypt_total`` by ``flush_metrics``),
+* ``open`` counts per key version (flushed into ``veil_decrypt_total`` by ``flush_metrics``;
+  ``veil_encrypt_total`` comes from the sealers' own nonce counters, so sealing counts nothing),
   serves legacy plaintext under ``legacy_plaintext = allow`` as version ``LEGACY``, and calls
   ``on_stale(db, key, role)`` -- the lazy re-encryption hook, ``None`` unless the rotation
   engine sets it -- for an item that is not on its active version. Failures are counted
@@ -84,7 +85,7 @@ class Cipher:
     _ns: dict[str, NsState] = field(default_factory=dict, repr=False)
     _opener: Opener | None = None
     decrypts: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
-    encrypts: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
+    _sealed: dict[tuple[int, int], int] = field(default_factory=dict)  # last flush's counts
     failures: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     _minute: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
 
@@ -174,7 +175,6 @@ class Cipher:
         ctx = state.contexts[role]
         if role is Role.HASH_VALUE or role is Role.STREAM_VALUE:
             ctx = field_context(ctx, field_name)
-        self.encrypts[sealer.version] += 1
         return sealer.seal(plaintext, ctx)
 
     def seal_det(self, state: NsState, role: Role, plaintext: bytes) -> bytes:
@@ -189,7 +189,6 @@ class Cipher:
         sealer = state.sealer
         if sealer is None:
             raise state.error or KeyringStale()
-        self.encrypts[sealer.version] += 1
         return sealer.seal(plaintext, state.contexts[Role.STRING])
 
     # --- opening ---------------------------------------------------------------------------
@@ -226,6 +225,42 @@ class Cipher:
                 self.on_stale(self.db, key, role)
         return plaintext
 
+    def opener(self) -> Opener:
+        opener = self._opener
+        if opener is None:
+            opener = self._opener = self.values.runtime.keyset.opener
+        return opener
+
+    def count_decrypts(self, versions: list[int]) -> None:
+        """Counts a batch of opened envelopes (the fast path opens without ``open``)."""
+        decrypts = self.decrypts
+        first = versions[0]
+        if versions.count(first) == len(versions):
+            decrypts[first] += len(versions)
+        else:
+            for version in versions:
+                decrypts[version] += 1
+
+    def open_string(self, info: KeyInfo, stored: bytes, key: bytes) -> bytes:
+        """``open(info, Role.STRING, ...)`` without the role dispatch (the GET hot path)."""
+        if stored[:3] != MAGIC:
+            return self._legacy(stored, key, Role.STRING)
+        opener = self._opener
+        if opener is None:
+            opener = self._opener = self.values.runtime.keyset.opener
+        state = info.ns
+        try:
+            plaintext, version = opener.open(stored, state.contexts[Role.STRING])
+        except UnknownKeyVersion:
+            raise NeedsReload() from None
+        except CryptoError as e:
+            self._failed(stored, e)
+            raise
+        self.decrypts[version] += 1
+        if self.on_stale is not None and version != state.active_master:
+            self.on_stale(self.db, key, Role.STRING)
+        return plaintext
+
     def open_channel(self, state: NsState, stored: bytes, channel: bytes) -> bytes:
         return self.open(KeyInfo(state, False, False), Role.PUBSUB_MESSAGE, stored, channel)
 
@@ -251,14 +286,17 @@ class Cipher:
             hot = m.hot
             for version, n in self.decrypts.items():
                 hot.decrypts[("redis", _label(version))] += n
-            for version, n in self.encrypts.items():
-                hot.encrypts[("redis", _label(version))] += n
+            sealed = self.values.runtime.encryptions()
+            for (class_id, version), total in sealed.items():
+                delta = total - self._sealed.get((class_id, version), 0)
+                if delta > 0:
+                    hot.encrypts[("redis", str(version))] += delta
+            self._sealed = sealed
             for (label, reason), n in self.failures.items():
                 m.decrypt_failures.labels("redis", label, reason).inc(n)
         for pair, n in self.failures.items():
             self._minute[pair] += n
         self.decrypts.clear()
-        self.encrypts.clear()
         self.failures.clear()
 
     def audit_failures(self) -> None:

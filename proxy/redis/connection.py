@@ -33,7 +33,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
+
+import hiredis
 
 from protocols.resp import (
     CLIENT_LIMITS,
@@ -49,9 +51,9 @@ from protocols.resp import (
     request_decoder_class,
 )
 from proxy.errors import VeilError
-from proxy.redis import session
+from proxy.redis import fast, session
 from proxy.redis.cipher import NeedsReload
-from proxy.redis.entries import PUBSUB, RAW, SESSION, TRANSFORM, Entry, Pending, as_entry
+from proxy.redis.entries import PUBSUB, SESSION, TRANSFORM, Entry, Pending, as_entry
 from proxy.redis.policy import Refusal
 from proxy.redis.upstream import HIGH_WATER, LOW_WATER, Upstream, connect
 
@@ -63,6 +65,7 @@ log = logging.getLogger("veil.redis")
 UNAVAILABLE: Final = ErrorReply(b"ERR veil: upstream unavailable")
 REDIRECT: Final = ErrorReply(b"ERR veil: cluster redirections are not supported (one upstream)")
 OTHER: Final = -1  # counter slot of commands that have no row
+SAMPLE_EVERY: Final = 16  # batches per latency sample (veil_request_duration_seconds)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -89,43 +92,106 @@ class ClientConnection(asyncio.Protocol):
         self.sent = 0  # commands planned (for duration sampling)
         self.done = 0
         self.sample: tuple[int, float] | None = None
+        self.countdown = 1
+        self.set_idx = server.set_idx
         self.state = session.State()
+        # planners of the fast path; None: the general path only (observe, MULTI, CLIENT REPLY)
+        self.fast: dict[bytes, fast.Planner] | None = None if self.observe else server.fast
+        self.raw_requests = hiredis.Reader()  # fast.requests
+        self.raw_replies = hiredis.Reader()  # fast.replies
+        self.req_idle = True  # the request decoder holds no partial command
+        self.rep_idle = True
         self.drain_waiter: asyncio.Future[None] | None = None
 
     # --- client side -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         self.server.connections.add(self)
         self._connect()
 
     def data_received(self, data: bytes) -> None:
+        if (
+            self.req_idle
+            and self.fast is not None
+            and self.blocked is None
+            and data[:1] == b"*"
+            and len(data) <= fast.MAX_CHUNK
+            and fast.requests(self, data)
+        ):
+            return
         self.req.feed(data)
+        self.req_idle = False
         if self.blocked is None:
             self.process()
+
+    def apply(self, plans: list[fast.Plan], commands: list[list[bytes]], data: bytes) -> None:
+        """Records a chunk planned by ``fast.requests`` and forwards it in one write."""
+        pending, counts, set_idx = self.pending, self.counts, self.set_idx
+        rewritten = 0
+        for plan in plans:
+            kind = plan.__class__
+            if kind is int:
+                counts[plan] += 1  # type: ignore[index]
+            elif kind is tuple:
+                counts[plan[2]] += 1  # type: ignore[index]
+            else:
+                rewritten += 1
+                counts[set_idx] += 1
+                plan = set_idx
+            pending.append(plan)  # type: ignore[arg-type]
+        if rewritten == len(plans):
+            data = b"".join(plans)  # type: ignore[arg-type]
+        elif rewritten:
+            pack = hiredis.pack_command
+            data = b"".join(
+                p if p.__class__ is bytes else pack(tuple(c))  # type: ignore[arg-type]
+                for p, c in zip(plans, commands, strict=True)
+            )
+        self.send_upstream(data)
+        self._sent(len(plans))
+
+    def _sent(self, count: int) -> None:
+        """Counts planned commands; one in ``SAMPLE_EVERY`` batches has its latency observed."""
+        if self.sample is None:
+            self.countdown -= 1
+            if self.countdown <= 0:
+                self.countdown = SAMPLE_EVERY
+                self.sample = (self.sent + 1, self.server.loop.time())
+        self.sent += count
 
     def process(self) -> None:
         """Plans every complete command, then one upstream write and one client write."""
         req = self.req
-        before = self.sent
+        nxt = req.next
+        n = 0
         try:
             while self.blocked is None:
-                cmd = req.next()
+                cmd = nxt()
                 if cmd is NEED_DATA:
                     break
-                self.sent += 1
+                n += 1
+                planners = self.fast
+                if planners is not None:
+                    planner = planners.get(cmd[0])
+                    if planner is not None:
+                        plan = planner(cmd)
+                        if plan is not None:
+                            self._planned(plan)
+                            continue
                 self.command(cmd)
         except RespProtocolError as e:
             self._protocol_error(e)
             return
         data = req.forward()
+        self.req_idle = req.at_boundary()
         if data:
             self.send_upstream(data)
-        if self.sample is None and self.sent > before:
-            self.sample = (before + 1, self.server.loop.time())
-        self.flush_client()
+        if n:
+            self._sent(n)
+        if self.out:
+            self.flush_client()
 
     def command(self, cmd: list[bytes]) -> None:
         try:
@@ -162,6 +228,19 @@ class ClientConnection(asyncio.Protocol):
             self.req.replace(encode_command(new))
         self.forward(idx if fn is None else Entry(TRANSFORM, idx, fn, arg))
 
+    def _planned(self, plan: fast.Plan) -> None:
+        if plan.__class__ is bytes:
+            self.req.replace(plan)
+            plan = self.server.set_idx
+        self.counts[plan[2] if plan.__class__ is tuple else plan] += 1  # type: ignore[index]
+        self.pending.append(plan)  # type: ignore[arg-type]
+
+    def refresh_fast(self) -> None:
+        """The fast functions apply outside MULTI, CLIENT REPLY OFF|SKIP and observe mode."""
+        state = self.state
+        plain = not (state.in_multi or state.reply_mode or self.observe)
+        self.fast = self.server.fast if plain else None
+
     def refuse(self, refusal: Refusal, idx: int, cmd: list[bytes]) -> None:
         """A refused command: an error in its slot, or (observe mode) forwarded and counted.
 
@@ -182,11 +261,12 @@ class ClientConnection(asyncio.Protocol):
         state = self.state
         if state.in_multi:
             state.queued.append(item)
-            item = item if type(item) is int else item.idx  # type: ignore[union-attr]
+            item = item if type(item) is int else as_entry(item).idx
         if state.reply_mode:
             item = as_entry(item)
             item.discard = True
             state.after_reply()
+            self.refresh_fast()
         self.pending.append(item)
 
     def local(self, value: Value, idx: int) -> None:
@@ -194,14 +274,15 @@ class ClientConnection(asyncio.Protocol):
         state = self.state
         if state.reply_mode:
             state.after_reply()
+            self.refresh_fast()
             return
         pending = self.pending
         if not pending:
             self.out.append(encode_reply(value, state.protocol))
             return
         last = pending[-1]
-        if type(last) is int:
-            last = pending[-1] = Entry(RAW, last)
+        if type(last) is not Entry:
+            last = pending[-1] = as_entry(last)
         assert isinstance(last, Entry)
         if last.after is None:
             last.after = []
@@ -309,12 +390,11 @@ class ClientConnection(asyncio.Protocol):
         """Every command in flight gets ``upstream unavailable``; local replies keep their order."""
         protocol, out = self.state.protocol, self.out
         while self.pending:
-            entry = self.pending.popleft()
-            idx = entry if type(entry) is int else entry.idx  # type: ignore[union-attr]
-            self.errors[idx] += 1
-            if type(entry) is not Entry or not entry.discard:
+            entry = as_entry(self.pending.popleft())
+            self.errors[entry.idx] += 1
+            if not entry.discard:
                 out.append(encode_reply(UNAVAILABLE, protocol))
-            if type(entry) is Entry and entry.after:
+            if entry.after:
                 out += [encode_reply(v, protocol) for v in entry.after]
         self.state.pending_lost()
         self.flush_client()
@@ -322,14 +402,24 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_data(self, data: bytes) -> None:
         """Pairs each reply with its command; one client write per upstream read."""
+        state = self.state
+        self.cipher.db = state.db
+        if (
+            self.rep_idle
+            and data
+            and self.pending
+            and not (state.protocol == 3 or state.pubsub_mode)
+            and len(data) <= fast.MAX_CHUNK
+            and fast.replies(self, data)
+        ):
+            return
         rep = self.rep
         rep.feed(data)
         pending = self.pending
         popleft = pending.popleft
         nxt = rep.next
-        self.cipher.db = self.state.db
-        state = self.state
         special = state.protocol == 3 or state.pubsub_mode
+        open_string = self.cipher.open_string
         count = 0
         try:
             while True:
@@ -339,11 +429,21 @@ class ClientConnection(asyncio.Protocol):
                 count += 1
                 if not special and pending:
                     entry = popleft()
-                    if entry.__class__ is int:
+                    kind = entry.__class__
+                    if kind is int:
                         if value.__class__ is ErrorReply:
-                            self._raw_error(value, entry)
+                            self._raw_error(value, entry)  # type: ignore[arg-type]
                         continue
-                    pending.appendleft(entry)
+                    if kind is tuple and value.__class__ is bytes:
+                        try:
+                            plain = open_string(entry[0], value, entry[1])  # type: ignore[index]
+                        except (VeilError, NeedsReload):
+                            pending.appendleft(entry)  # the general path words the error
+                        else:
+                            rep.replace(b"$%d\r\n%s\r\n" % (len(plain), plain))
+                            continue
+                    else:
+                        pending.appendleft(entry)
                 if self._general(value):
                     break
                 special = state.protocol == 3 or state.pubsub_mode
@@ -352,8 +452,12 @@ class ClientConnection(asyncio.Protocol):
             if self.upstream is not None:
                 self.upstream.close()
             return
+        self.rep_idle = rep.at_boundary()
+        self.write_replies(rep.forward(), count)
+
+    def write_replies(self, data: bytes, count: int) -> None:
+        """One client write for a chunk of replies (and local replies queued behind them)."""
         self._replied(count)
-        data = rep.forward()
         if self.out:
             self.out.append(data)
             self.flush_client()
@@ -390,13 +494,12 @@ class ClientConnection(asyncio.Protocol):
         if not self.pending:
             self.rep.replace(b"")  # nothing to pair it with: never forward it out of order
             return False
-        entry = self.pending.popleft()
-        if type(entry) is int:
+        item = self.pending.popleft()
+        if type(item) is int:
             if kind is ErrorReply:
-                self._raw_error(value, entry)  # type: ignore[arg-type]
+                self._raw_error(value, item)  # type: ignore[arg-type]
             return False
-        assert isinstance(entry, Entry)
-        return self.reply(value, entry)
+        return self.reply(value, as_entry(item))
 
     def reply(self, value: Value, entry: Entry) -> bool:
         kind = entry.kind

@@ -52,8 +52,19 @@ class Entry:
         return f"Entry(kind={self.kind}, idx={self.idx}, count={self.count})"
 
 
-Pending = int | Entry
+# a GET on an encrypted key (``fast``): (key info, key, row index)
+StringRead = tuple[Any, bytes, int]
+Pending = int | Entry | StringRead
+
+
+def r_string(cipher: Any, value: Value, arg: tuple[Any, bytes]) -> Value:
+    return cipher.open_string(arg[0], value, arg[1]) if type(value) is bytes else value
 
 
 def as_entry(item: Pending) -> Entry:
-    return item if type(item) is Entry else Entry(RAW, item)  # type: ignore[arg-type]
+    """Any FIFO item as an ``Entry`` (the general path's form of the fast ones)."""
+    if type(item) is Entry:
+        return item
+    if type(item) is tuple:
+        return Entry(TRANSFORM, item[2], r_string, (item[0], item[1]))
+    return Entry(RAW, item)  # type: ignore[arg-type]

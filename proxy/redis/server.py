@@ -29,6 +29,7 @@ from typing import Any
 
 from proxy.config import is_loopback
 from proxy.errors import ConfigError
+from proxy.redis import fast
 from proxy.redis.cipher import Cipher, StaleHook
 from proxy.redis.connection import ClientConnection
 from proxy.redis.dispatch import Dispatcher
@@ -56,6 +57,8 @@ class RespServer:
         self.values = RedisValues(settings.redis, settings.keys, ctx.runtime)
         self.cipher = Cipher(self.values, ctx.metrics, ctx.audit)
         self.dispatch = Dispatcher(table or Table(), self.cipher)
+        self.fast = fast.build(self.dispatch.table, self.cipher)
+        self.set_idx = self.dispatch.table.rows["set"].index
         self.loop = asyncio.get_running_loop()
         self.durations = ctx.metrics.hot.durations["resp"]
         self.connections: set[ClientConnection] = set()

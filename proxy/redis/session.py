@@ -30,7 +30,7 @@ from protocols.resp import ErrorReply, Map, Protocol, Push, SimpleString, Value,
 from proxy.errors import VeilError
 from proxy.redis import emulate
 from proxy.redis.cipher import NeedsReload
-from proxy.redis.entries import PUBSUB, SESSION, Entry
+from proxy.redis.entries import PUBSUB, SESSION, Entry, as_entry
 from proxy.redis.policy import Refusal, Row, veil_command_reply
 
 if TYPE_CHECKING:
@@ -161,6 +161,7 @@ def r_reset(conn: ClientConnection, value: Value, _: None) -> Value:
 def reset(conn: ClientConnection, row: Row, cmd: list[bytes]) -> None:
     s = conn.state
     s.in_multi, s.dirty, s.queued, s.reply_mode = False, False, [], ON
+    conn.refresh_fast()
     _session(conn, row, r_reset, None)
 
 
@@ -171,6 +172,7 @@ def multi(conn: ClientConnection, row: Row, cmd: list[bytes]) -> None:
         return
     conn.forward(row.index)
     s.in_multi, s.dirty, s.queued = True, False, []
+    conn.refresh_fast()
 
 
 def r_exec(conn: ClientConnection, value: Value, queued: list[Any]) -> Value:
@@ -179,9 +181,10 @@ def r_exec(conn: ClientConnection, value: Value, queued: list[Any]) -> Value:
         return value
     out: list[Value] = []
     changed = False
-    for item, entry in zip(value, queued, strict=True):
+    for item, queued_item in zip(value, queued, strict=True):
         new = item
-        if type(entry) is Entry and type(item) is not ErrorReply and entry.fn is not None:
+        entry = as_entry(queued_item)
+        if type(item) is not ErrorReply and entry.fn is not None:
             new = _element(conn, item, entry)
         changed = changed or new is not item
         out.append(new)
@@ -215,6 +218,7 @@ def exec_(conn: ClientConnection, row: Row, cmd: list[bytes]) -> None:
         return
     queued, dirty = s.queued, s.dirty
     s.in_multi, s.dirty, s.queued = False, False, []
+    conn.refresh_fast()
     if dirty:
         conn.req.replace(b"*1\r\n$7\r\nDISCARD\r\n")
         _session(conn, row, r_aborted, None)
@@ -225,6 +229,7 @@ def exec_(conn: ClientConnection, row: Row, cmd: list[bytes]) -> None:
 def discard(conn: ClientConnection, row: Row, cmd: list[bytes]) -> None:
     s = conn.state
     s.in_multi, s.dirty, s.queued = False, False, []
+    conn.refresh_fast()
     conn.forward(row.index)
 
 
@@ -242,6 +247,7 @@ def client_reply(conn: ClientConnection, row: Row, cmd: list[bytes]) -> None:
         s.reply_mode = OFF if mode == b"OFF" else SKIP
     else:
         conn.local(ErrorReply(b"ERR syntax error"), row.index)
+    conn.refresh_fast()
 
 
 def subscribe(conn: ClientConnection, row: Row, cmd: list[bytes]) -> None:
