@@ -210,3 +210,21 @@ def test_upload_part_copy_reencrypts(client: Any, direct: Any, bucket: str) -> N
     )
     assert client.get_object(Bucket=bucket, Key="dst")["Body"].read() == source
     assert_ciphertext(direct, bucket, "dst", source, [PART, 300_000])
+
+
+def test_complete_if_none_match(client: Any, bucket: str) -> None:
+    client.put_object(Bucket=bucket, Key="lock", Body=b"taken")
+    upload = client.create_multipart_upload(Bucket=bucket, Key="lock")
+    r = client.upload_part(
+        Bucket=bucket, Key="lock", UploadId=upload["UploadId"], PartNumber=1, Body=b"mine"
+    )
+    with pytest.raises(ClientError) as e:
+        client.complete_multipart_upload(
+            Bucket=bucket,
+            Key="lock",
+            UploadId=upload["UploadId"],
+            IfNoneMatch="*",
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": r["ETag"]}]},
+        )
+    assert e.value.response["Error"]["Code"] == "PreconditionFailed"
+    assert client.get_object(Bucket=bucket, Key="lock")["Body"].read() == b"taken"

@@ -26,7 +26,7 @@ from botocore.config import Config
 
 from proxy.app import App, Context
 from proxy.config import Settings
-from proxy.crypto.objects import stored_size
+from proxy.crypto.objects import plaintext_size, stored_size
 from tests.servers import MotoServer, free_port, init_keyring, veil_settings
 
 T = TypeVar("T")
@@ -160,11 +160,22 @@ def direct(moto_server: MotoServer) -> Any:
     return direct_client(moto_server)
 
 
+# keys that tests write straight to the upstream as plaintext (legacy objects)
+LEGACY_KEYS = frozenset({"old"})
+
+
 @pytest.fixture
-def bucket(direct: Any) -> str:
+def bucket(direct: Any) -> Iterator[str]:
+    """A fresh bucket; afterwards, every object in it must be veil ciphertext upstream."""
     name = "veil-" + uuid.uuid4().hex[:16]
     direct.create_bucket(Bucket=name)
-    return name
+    yield name
+    for entry in direct.list_objects_v2(Bucket=name).get("Contents", []):
+        if entry["Key"] in LEGACY_KEYS:
+            continue
+        head = direct.head_object(Bucket=name, Key=entry["Key"])
+        assert "veil-env" in head["Metadata"], entry["Key"]
+        plaintext_size(entry["Size"])  # a size only a veil object can have
 
 
 # --- assertions on what the upstream holds ----------------------------------------------------
