@@ -605,8 +605,9 @@ NOTES: tuple[tuple[str, str], ...] = (
     ("blmove blmovem brpoplpush lmove lmovem rpoplpush", "moves refused across policies"),
     ("client|reply", "emulated: replies never pair with the wrong command"),
     (
-        "cluster cluster|addslots cluster|addslotsrange cluster|bumpepoch cluster|count-failure- "
-        "reports cluster|countkeysinslot cluster|delslots cluster|delslotsrange cluster|failover "
+        "cluster cluster|addslots cluster|addslotsrange cluster|bumpepoch "
+        "cluster|count-failure-reports cluster|countkeysinslot cluster|delslots "
+        "cluster|delslotsrange cluster|failover "
         "cluster|flushslots cluster|forget cluster|getkeysinslot cluster|help cluster|info "
         "cluster|keyslot cluster|links cluster|meet cluster|migration cluster|myid "
         "cluster|myshardid cluster|nodes cluster|replicas cluster|replicate cluster|reset "
