@@ -287,8 +287,13 @@ class App:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # a library may swallow a cancellation that races a completed call (asyncio.wait_for
+            # in 3.11 does): cancel again until the task has really ended
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.1)
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
         self._tasks.clear()
         if ctx is not None:
             await ctx.runtime.provider.close()

@@ -244,8 +244,11 @@ class VeilResp:
         self.thread.join(10)  # type: ignore[attr-defined]
 
 
-def start_veil_resp(tmp: Path, upstream: RedisServer, **redis: object) -> VeilResp:
-    """veil in a thread, fronting ``upstream``; ``redis`` overrides ``[redis]`` settings."""
+def start_veil_resp(
+    tmp: Path, upstream: RedisServer, migrate: bool = True, **redis: object
+) -> VeilResp:
+    """veil in a thread, fronting ``upstream``; ``redis`` overrides ``[redis]`` settings.
+    ``migrate=False``: no background walk (lazy re-encryption still runs)."""
     import asyncio
     import threading
 
@@ -260,7 +263,7 @@ def start_veil_resp(tmp: Path, upstream: RedisServer, **redis: object) -> VeilRe
 
     async def boot() -> tuple[object, int]:
         await init_keyring(settings)
-        app = App(settings)  # type: ignore[arg-type]
+        app = App(settings, migrate=migrate)  # type: ignore[arg-type]
         ctx = await app.start()
         return app, ctx.listeners["resp"].address[1]
 

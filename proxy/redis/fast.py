@@ -202,6 +202,7 @@ def _open_strings(conn: ClientConnection, values: list[Any], count: int) -> bool
     pending = conn.pending
     cipher = conn.cipher
     opener = cipher.opener()
+    on_stale = cipher.on_stale
     string = Role.STRING
     out = []
     versions: list[int] = []
@@ -211,9 +212,11 @@ def _open_strings(conn: ClientConnection, values: list[Any], count: int) -> bool
                 return False
             if value.__class__ is bytes:
                 state = item[0].ns
-                if value[:3] == MAGIC and cipher.on_stale is None:
+                if value[:3] == MAGIC:
                     plain, version = opener.open(value, state.contexts[string])
                     versions.append(version)
+                    if version != state.active_master and on_stale is not None:
+                        on_stale(cipher.db, item[1], string)  # lazy re-encryption
                 else:
                     plain = cipher.open_string(item[0], value, item[1])
                 out.append(b"$%d\r\n%s\r\n" % (len(plain), plain))

@@ -69,6 +69,10 @@ class RespServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.idle = asyncio.Event()
         self.runtime.listeners.append(self.cipher.reset)
+        lazy = ctx.lazy.get("redis") if hasattr(ctx, "lazy") else None
+        if lazy is not None:  # reads that meet an old version queue the key (SPEC 8)
+            note = lazy.note
+            self.cipher.on_stale = lambda db, key, role: note((db, key))
 
     @property
     def on_stale(self) -> StaleHook | None:
