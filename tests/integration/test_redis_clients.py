@@ -10,10 +10,15 @@ client's bytes.
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import hiredis
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -271,3 +276,187 @@ async def test_blocking_commands_decrypt_and_block_only_their_client(
         for c in (blocker, pusher, bystander):
             await c.aclose()
     sealed(d.get("other"), b"served")
+
+
+# --- 4. handshakes of go-redis v9, node-redis, Lettuce: HELLO 3, CLIENT SETINFO, ACL users -----
+
+
+def pack(*args: str | bytes) -> bytes:
+    return bytes(hiredis.pack_command(args))
+
+
+def exchange(port: int, data: bytes, replies: int, timeout: float = 5.0) -> bytes:
+    """Sends ``data`` on a fresh connection; the raw bytes of the first ``replies`` replies."""
+    reader = hiredis.Reader()
+    raw = b""
+    count = 0
+    with socket.create_connection(("127.0.0.1", port), timeout) as s:
+        s.sendall(data)
+        while count < replies:
+            chunk = s.recv(65536)
+            assert chunk, f"connection closed after {count} of {replies} replies: {raw!r}"
+            raw += chunk
+            reader.feed(chunk)
+            while reader.gets() is not False:
+                count += 1
+    return raw
+
+
+def without_client_id(raw: bytes) -> bytes:
+    """HELLO's map names the connection's id, which differs between two connections."""
+    return re.sub(rb"(\$2\r\nid\r\n):\d+\r\n", rb"\1:0\r\n", raw)
+
+
+HANDSHAKE = [
+    ("HELLO", "3"),
+    ("CLIENT", "SETINFO", "LIB-NAME", "go-redis(,go1.22.1)"),
+    ("CLIENT", "SETINFO", "LIB-VER", "9.5.1"),
+    ("CLIENT", "SETNAME", "worker-1"),
+    ("SET", "k", "value one"),
+    ("GET", "k"),
+    ("HSET", "h", "field", "hash value"),
+    ("HGETALL", "h"),
+    ("SADD", "s", "member"),
+    ("SMEMBERS", "s"),
+    ("ZADD", "z", "1.5", "zmember"),
+    ("ZRANGE", "z", "0", "-1", "WITHSCORES"),
+    ("GET", "missing"),
+    ("CLIENT", "GETNAME"),
+    ("SET", "plain:k", "clear"),
+]
+
+
+def test_hello_3_and_client_setinfo_answer_as_redis_does(veil: VeilResp, d: Any) -> None:
+    """The same pipelined handshake (go-redis v9 sends HELLO 3 and CLIENT SETINFO together,
+    ignoring SETINFO errors from servers before 7.2) gets the same bytes from veil as from
+    Redis itself: RESP3 map, set, double and null, and whatever Redis says about SETINFO."""
+    data = b"".join(pack(*cmd) for cmd in HANDSHAKE)
+    expected = exchange(veil.upstream.port, data, len(HANDSHAKE))
+    d.flushall()
+    got = exchange(veil.port, data, len(HANDSHAKE))
+    assert without_client_id(got) == without_client_id(expected)
+    assert got.startswith(b"%") and b"$5\r\nproto\r\n:3\r\n" in got
+    sealed(d.get("k"), b"value one")
+    sealed(d.hget("h", "field"), b"hash value")
+    assert all(m[:3] == MAGIC for m in d.smembers("s"))
+    assert all(m[:3] == MAGIC for m in d.zrange("z", 0, -1))
+    assert d.get("plain:k") == b"clear"
+
+
+@pytest.fixture
+def acl_user(veil: VeilResp) -> Iterator[tuple[str, str]]:
+    """An upstream ACL user allowed ``app:*`` keys only."""
+    user, password = "veil-app", "s3cret-pw"
+    veil.upstream.cli(
+        "ACL", "SETUSER", user, "reset", "on", f">{password}", "~app:*", "&*", "+@all"
+    )
+    yield user, password
+    veil.upstream.cli("ACL", "DELUSER", user)
+
+
+def test_hello_3_auth_with_an_acl_user(veil: VeilResp, d: Any, acl_user: tuple[str, str]) -> None:
+    user, password = acl_user
+    commands = [
+        ("HELLO", "3", "AUTH", user, "wrong"),
+        ("HELLO", "3", "AUTH", user, password, "SETNAME", "lettuce"),
+        ("CLIENT", "SETINFO", "lib-name", "Lettuce"),
+        ("CLIENT", "SETINFO", "lib-ver", "6.3.2.RELEASE"),
+        ("ACL", "WHOAMI"),
+        ("SET", "app:k", "acl value"),
+        ("GET", "app:k"),
+        ("SET", "other:k", "denied"),
+        ("GET", "other:k"),
+    ]
+    data = b"".join(pack(*cmd) for cmd in commands)
+    expected = exchange(veil.upstream.port, data, len(commands))
+    assert b"-WRONGPASS" in expected and b"-NOPERM" in expected
+    d.flushall()
+    got = exchange(veil.port, data, len(commands))
+    assert without_client_id(got) == without_client_id(expected)
+    sealed(d.get("app:k"), b"acl value")
+    assert d.exists("other:k") == 0
+
+    # redis-py's own HELLO 3 AUTH; the emulated APPEND runs as the client's user (ACL DRYRUN)
+    c = veil.client(protocol=3, username=user, password=password)
+    try:
+        assert c.acl_whoami() == user.encode()
+        assert c.append("app:k", b"!") == len(b"acl value!")
+        assert c.get("app:k") == b"acl value!"
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            c.append("other:k", b"x")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            c.set("other:k", b"x")
+    finally:
+        c.close()
+    sealed(d.get("app:k"), b"acl value!")
+    assert d.exists("other:k") == 0
+
+
+# --- 5. redis-cli --------------------------------------------------------------------------
+
+
+def run(
+    *args: str, stdin: bytes | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
+    if shutil.which(args[0]) is None:
+        pytest.skip(f"{args[0]} is not installed")
+    return subprocess.run(list(args), input=stdin, capture_output=True, timeout=60)
+
+
+def test_redis_cli_commands_and_pipe_mass_insertion(veil: VeilResp, d: Any) -> None:
+    port = str(veil.port)
+    assert run("redis-cli", "-p", port, "SET", "greeting", "hello world").stdout == b"OK\n"
+    assert run("redis-cli", "-p", port, "GET", "greeting").stdout == b"hello world\n"
+    assert run("redis-cli", "-3", "-p", port, "HSET", "h", "f", "v").stdout == b"1\n"
+    assert (
+        run("redis-cli", "-3", "--no-raw", "-p", port, "HGETALL", "h").stdout == b'1# "f" => "v"\n'
+    )
+    script = b"SET plain:cli 'in clear'\nGET plain:cli\nINCR greeting\nGET greeting\n"
+    out = run("redis-cli", "-p", port, stdin=script).stdout
+    assert out == (
+        b"OK\nin clear\n"
+        b"ERR veil: INCR is not supported on encrypted key 'greeting' "
+        b"(counters belong under plaintext patterns)\n\n"  # redis-cli's raw error format
+        b"hello world\n"
+    )
+    sealed(d.get("greeting"), b"hello world")
+    sealed(d.hget("h", "f"), b"v")
+    assert d.get("plain:cli") == b"in clear"
+
+    n = 10_000
+    mass = b"".join(pack("SET", b"mass:%d" % i, b"mass value %d" % i) for i in range(n))
+    piped = run("redis-cli", "-p", port, "--pipe", stdin=mass)
+    assert piped.returncode == 0, piped.stderr
+    assert b"errors: 0, replies: 10000" in piped.stdout, piped.stdout
+    assert d.dbsize() == n + 3
+    c = veil.client()
+    try:
+        sample = [0, 1, 4_999, 9_998, 9_999]
+        assert c.mget([f"mass:{i}" for i in sample]) == [b"mass value %d" % i for i in sample]
+    finally:
+        c.close()
+    for i in sample:
+        sealed(d.get(f"mass:{i}"), b"mass value %d" % i)
+
+
+# --- 6. redis-benchmark ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", ["1", "16"])
+def test_redis_benchmark(veil: VeilResp, d: Any, depth: str) -> None:
+    args = ["-p", str(veil.port), "-t", "set,get", "-n", "2000", "-c", "10", "-P", depth, "-q"]
+    result = run("redis-benchmark", *args)
+    out = result.stdout.replace(b"\r", b"\n") + result.stderr
+    assert result.returncode == 0, out
+    assert b"Error" not in out and b"WARN" not in out, out
+    for test in (b"SET", b"GET"):
+        assert re.search(rb"\n" + test + rb": [0-9.]+ requests per second", out), out
+    # redis-benchmark writes one key (key:__rand_int__ without -r) with a short random value
+    assert d.keys("*") == [b"key:__rand_int__"]
+    c = veil.client()
+    try:
+        value = c.get("key:__rand_int__")
+    finally:
+        c.close()
+    assert isinstance(value, bytes) and len(value) == 3
+    sealed(d.get("key:__rand_int__"), value)
