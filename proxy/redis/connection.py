@@ -21,11 +21,12 @@ subscriptions) is tracked in ``session``; everything else lives on the pinned up
 connection. A reply that meets a key version this keyring has never seen suspends reading
 until the keyring has been reloaded once (SPEC 4), then resumes where it stopped.
 
-Faults: a malformed or oversized request gets Redis's protocol error and closes only this
-connection. If the upstream cannot be reached, commands are answered ``-ERR veil: upstream
-unavailable`` and the next batch tries again; if an established upstream connection drops,
-pending commands get that error and the client connection is closed (its server-side state --
-database, user, subscriptions, transaction -- is gone, and a silent reconnect would hide that).
+Faults: a malformed or oversized request gets Redis's protocol error, in order behind the
+replies of the commands before it (which run, as in Redis), and closes only this connection.
+If the upstream cannot be reached, commands are answered ``-ERR veil: upstream unavailable``
+and the next batch tries again; if an established upstream connection drops, pending commands
+get that error and the client connection is closed (its server-side state -- database, user,
+subscriptions, transaction -- is gone, and a silent reconnect would hide that).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class ClientConnection(asyncio.Protocol):
         self.req_idle = True  # the request decoder holds no partial command
         self.rep_idle = True
         self.drain_waiter: asyncio.Future[None] | None = None
+        self.broken = False  # a protocol error: nothing more is read from this client
 
     # --- client side -----------------------------------------------------------------------
 
@@ -120,6 +122,8 @@ class ClientConnection(asyncio.Protocol):
             and len(data) <= fast.MAX_CHUNK
             and fast.requests(self, data)
         ):
+            return
+        if self.broken:
             return
         self.req.feed(data)
         self.req_idle = False
@@ -294,11 +298,19 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _protocol_error(self, e: RespProtocolError) -> None:
+        """As Redis does: the commands before the bad bytes run and are answered in order, then
+        the protocol error, then the connection closes; nothing after the bad bytes is read."""
         self.counts[OTHER] += 1
         self.errors[OTHER] += 1
-        self.out.append(encode_reply(ErrorReply(e.resp_error), self.state.protocol))
+        self.broken, self.req_idle = True, False  # the decoder is unusable from here on
+        if self.transport is not None:
+            self.transport.pause_reading()
+        data = self.req.forward()
+        if data:
+            self.send_upstream(data)
+        self.local(ErrorReply(e.resp_error), OTHER)
         self.flush_client()
-        self.close()
+        self.drained().add_done_callback(lambda _: self.close())
 
     def pause_writing(self) -> None:  # the client reads slowly: stop reading replies
         if self.upstream is not None and self.upstream.transport is not None:

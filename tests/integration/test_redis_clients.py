@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import hiredis
@@ -460,3 +461,121 @@ def test_redis_benchmark(veil: VeilResp, d: Any, depth: str) -> None:
         c.close()
     assert isinstance(value, bytes) and len(value) == 3
     sealed(d.get("key:__rand_int__"), value)
+
+
+# --- 7. faults: the upstream goes away and comes back; bad input closes only its client -------
+
+
+def read_until_closed(s: socket.socket) -> bytes:
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    return out
+
+
+@pytest.fixture
+def flaky(tmp_path: Path) -> Iterator[VeilResp]:
+    """veil in front of a redis-server of its own, which the test stops and restarts."""
+    upstream = RedisServer().start()
+    v = start_veil_resp(tmp_path, upstream)
+    yield v
+    v.stop()
+    upstream.cleanup()
+
+
+def test_upstream_down_then_back_without_restarting_veil(flaky: VeilResp) -> None:
+    c = flaky.client()
+    assert c.set("k", b"before") is True
+    blocked = socket.create_connection(("127.0.0.1", flaky.port), 5)
+    blocked.sendall(pack("BLPOP", "q", "10"))
+    time.sleep(0.1)
+
+    flaky.upstream.stop()
+    # a command in flight on a dropped upstream connection is answered, then the client closed
+    # (its server-side state is gone: a silent reconnect would hide that)
+    assert read_until_closed(blocked) == b"-ERR veil: upstream unavailable\r\n"
+    blocked.close()
+    # meanwhile every command is answered with the error, in order, on a connection that stays
+    idle = socket.create_connection(("127.0.0.1", flaky.port), 5)
+    idle.sendall(pack("GET", "k") + pack("SET", "k", "v") + pack("PING"))
+    assert exchange_on(idle, 3) == b"-ERR veil: upstream unavailable\r\n" * 3
+    with pytest.raises(redis.ResponseError, match=f"^{UNAVAILABLE}$"):
+        c.get("k")
+
+    flaky.upstream.start()  # the same port; veil itself was never restarted
+    idle.sendall(pack("SET", "k", "after") + pack("GET", "k"))
+    assert exchange_on(idle, 2) == b"+OK\r\n$5\r\nafter\r\n"
+    idle.close()
+    assert c.get("k") == b"after"
+    assert c.set("k2", b"second") is True
+    c.close()
+    d = flaky.direct()
+    sealed(d.get("k2"), b"second")
+    d.close()
+
+
+def exchange_on(s: socket.socket, replies: int) -> bytes:
+    """The raw bytes of the next ``replies`` replies on an open connection."""
+    reader = hiredis.Reader()
+    raw = b""
+    count = 0
+    while count < replies:
+        chunk = s.recv(65536)
+        assert chunk, raw
+        raw += chunk
+        reader.feed(chunk)
+        while reader.gets() is not False:
+            count += 1
+    return raw
+
+
+BAD_INPUT = [
+    (b"*1\r\n$abc\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+    (b"*1\r\n*1\r\n", b"-ERR Protocol error: expected '$', got '*'\r\n"),
+    (b"*x\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+    (b'GET "unbalanced\r\n', b"-ERR Protocol error: unbalanced quotes in request\r\n"),
+    # oversized: a bulk over proto-max-bulk-len (512 MiB), refused on its header alone
+    (b"*2\r\n$3\r\nGET\r\n$536870913\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+    # an inline request over 64 KiB without a newline
+    (b"GET " + b"k" * 70_000, b"-ERR Protocol error: too big inline request\r\n"),
+]
+
+
+@pytest.mark.parametrize(("bad", "error"), BAD_INPUT, ids=lambda v: repr(v[:12]))
+def test_bad_request_closes_only_its_client(
+    veil: VeilResp, d: Any, bad: bytes, error: bytes
+) -> None:
+    """The commands before the bad bytes run and are answered in order, then the protocol
+    error, then that connection closes -- as Redis does; another client keeps working."""
+    bystander = veil.client()
+    try:
+        assert bystander.set("k", b"mine") is True
+        conn_id = bystander.client_id()
+        good = pack("SET", "plain:x", "1") + pack("GET", "k") + b"GET plain:x\r\n"
+        replies = b"+OK\r\n$2\r\n\xff\xff\r\n$1\r\n1\r\n"
+        for port, value in (
+            (d.connection_pool.connection_kwargs["port"], d.get("k")),
+            (veil.port, b"mine"),
+        ):
+            with socket.create_connection(("127.0.0.1", port), 5) as s:
+                s.sendall(good + bad)
+                expected = replies.replace(b"$2\r\n\xff\xff", b"$%d\r\n%s" % (len(value), value))
+                assert read_until_closed(s) == expected + error
+        assert bystander.get("k") == b"mine"
+        assert bystander.client_id() == conn_id  # the same connection, never dropped
+    finally:
+        bystander.close()
+    sealed(d.get("k"), b"mine")
+
+
+def test_oversized_array_is_refused_before_buffering(veil: VeilResp, d: Any) -> None:
+    """More than 1 Mi arguments: veil refuses on the header (Redis 7 would wait for them)."""
+    bystander = veil.client()
+    try:
+        with socket.create_connection(("127.0.0.1", veil.port), 5) as s:
+            s.sendall(b"*1048577\r\n$3\r\nSET\r\n")
+            assert read_until_closed(s) == b"-ERR Protocol error: invalid multibulk length\r\n"
+        assert bystander.set("k", b"still here") is True and bystander.get("k") == b"still here"
+    finally:
+        bystander.close()
+    sealed(d.get("k"), b"still here")
