@@ -10,12 +10,16 @@ client's bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
+import ipaddress
 import re
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +27,27 @@ import hiredis
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from proxy.crypto.envelope import MAGIC
-from tests.servers import RedisServer, VeilResp, start_veil_resp
+from proxy.errors import ConfigError
+from tests.servers import (
+    RedisServer,
+    VeilResp,
+    init_keyring,
+    start_veil_resp,
+    veil_settings,
+)
 
 SETTINGS: dict[str, Any] = {
     "plaintext": ["plain:*"],
     "encrypt_channels": ["enc:*"],
 }
 UNAVAILABLE = "veil: upstream unavailable"  # SPEC 13: -ERR veil: upstream unavailable
+# clients expected to fail at connect: redis-py's default retries back off for seconds
+NO_RETRY = Retry(NoBackoff(), 0)
 
 
 @pytest.fixture(scope="module")
@@ -579,3 +595,161 @@ def test_oversized_array_is_refused_before_buffering(veil: VeilResp, d: Any) -> 
     finally:
         bystander.close()
     sealed(d.get("k"), b"still here")
+
+
+# --- 8. TLS on the listener and the bind guard -------------------------------------------------
+
+
+@dataclass
+class Pem:
+    cert: Path
+    key: Path
+    obj: Any  # the x509 certificate
+    private: Any  # its key
+
+
+def issue(tmp: Path, name: str, signer: Pem | None = None, *, ca: bool = False) -> Pem:
+    """A certificate for ``name`` (also valid for 127.0.0.1), self-signed unless ``signer``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(signer.obj.subject if signer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        names = [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(signer.private if signer else key, hashes.SHA256())
+    pem = Pem(tmp / f"{name}.crt", tmp / f"{name}.key", cert, key)
+    pem.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return pem
+
+
+def test_tls_listener_with_redis_py(tmp_path: Path, redis_server: RedisServer) -> None:
+    redis_server.cli("FLUSHALL")
+    server = issue(tmp_path, "localhost")
+    v = start_veil_resp(
+        tmp_path, redis_server, tls_cert=str(server.cert), tls_key=str(server.key), **SETTINGS
+    )
+    try:
+        for protocol in (2, 3):
+            c = v.client(ssl=True, ssl_ca_certs=str(server.cert), protocol=protocol)
+            try:
+                assert c.set("tls:k", b"over tls %d" % protocol) is True
+                assert c.get("tls:k") == b"over tls %d" % protocol
+                pipe = c.pipeline(transaction=True)
+                pipe.set("plain:tls", b"clear").get("plain:tls")
+                assert pipe.execute() == [True, b"clear"]
+            finally:
+                c.close()
+        # a client that does not speak TLS never gets an answer
+        with socket.create_connection(("127.0.0.1", v.port), 5) as s:
+            s.sendall(pack("PING"))
+            with contextlib.suppress(ConnectionResetError):
+                assert b"PONG" not in read_until_closed(s)
+        with pytest.raises(redis.ConnectionError):
+            v.client(retry=NO_RETRY).ping()
+    finally:
+        v.stop()
+    d = redis.Redis(port=redis_server.port)
+    sealed(d.get("tls:k"), b"over tls 3")
+    assert d.get("plain:tls") == b"clear"
+    d.close()
+
+
+async def start_app(tmp: Path, **redis_settings: object) -> Any:
+    """veil's App with a RESP listener (``redis_settings``) on this test's event loop."""
+    from proxy.app import App
+
+    settings = veil_settings(tmp, redis=redis_settings, admin={"listen": "off"})
+    await init_keyring(settings)
+    return App(settings, migrate=False)  # type: ignore[arg-type]
+
+
+async def test_bind_guard_refuses_an_exposed_plaintext_oracle(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    app = await start_app(tmp_path, listen="0.0.0.0:0", upstream=redis_server.url)
+    try:
+        with pytest.raises(ConfigError, match="refusing to expose a plaintext oracle"):
+            await app.start()
+        assert "resp" not in app.ctx.listeners
+    finally:
+        await app.stop(grace=0)
+
+
+async def test_bind_guard_allows_an_upstream_that_requires_auth(tmp_path: Path) -> None:
+    upstream = RedisServer(extra=["--requirepass", "upstream-pw"]).start()
+    url = f"redis://:upstream-pw@127.0.0.1:{upstream.port}/0"
+    app = await start_app(tmp_path, listen="0.0.0.0:0", upstream=url)
+    try:
+        ctx = await app.start()
+        port = ctx.listeners["resp"].address[1]
+        anonymous = aioredis.Redis(port=port, socket_timeout=5, retry=AsyncRetry(NoBackoff(), 0))
+        with pytest.raises(redis.AuthenticationError):
+            await anonymous.get("k")  # veil never authenticates a client on its behalf
+        await anonymous.aclose()
+        c = aioredis.Redis(port=port, password="upstream-pw", protocol=3, socket_timeout=5)
+        assert await c.set("k", b"behind auth") is True and await c.get("k") == b"behind auth"
+        assert await c.append("k", b"!") == len(b"behind auth!")  # side connection authenticates
+        await c.aclose()
+        d = aioredis.Redis(port=upstream.port, password="upstream-pw")
+        sealed(await d.get("k"), b"behind auth!")
+        await d.aclose()
+    finally:
+        await app.stop(grace=0)
+        upstream.cleanup()
+
+
+async def test_bind_guard_allows_client_certificates(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    ca = issue(tmp_path, "veil-test-ca", ca=True)
+    server = issue(tmp_path, "localhost", ca)
+    client = issue(tmp_path, "app-1", ca)
+    app = await start_app(
+        tmp_path,
+        listen="0.0.0.0:0",
+        upstream=redis_server.url,
+        tls_cert=str(server.cert),
+        tls_key=str(server.key),
+        tls_client_ca=str(ca.cert),
+    )
+    try:
+        ctx = await app.start()
+        port = ctx.listeners["resp"].address[1]
+        tls: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(ca.cert), "socket_timeout": 5}
+        no_cert = aioredis.Redis(port=port, retry=AsyncRetry(NoBackoff(), 0), **tls)
+        with pytest.raises(redis.ConnectionError):
+            await no_cert.ping()
+        await no_cert.aclose()
+        c = aioredis.Redis(
+            port=port, ssl_certfile=str(client.cert), ssl_keyfile=str(client.key), **tls
+        )
+        assert await c.set("mtls:k", b"mutual tls") is True
+        assert await c.get("mtls:k") == b"mutual tls"
+        await c.aclose()
+    finally:
+        await app.stop(grace=0)
+    d = redis.Redis(port=redis_server.port)
+    sealed(d.get("mtls:k"), b"mutual tls")
+    d.close()
