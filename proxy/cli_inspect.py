@@ -1,7 +1,7 @@
 """``veil inspect STORE ...``: an item's envelope headers, plaintext only with ``--decrypt``.
 
 ``inspect`` has one subcommand per store, each registered by a function of
-:data:`STORE_COMMANDS` (``s3`` here; the RESP side adds ``redis`` as a sibling). The ``--json``
+:data:`STORE_COMMANDS` (``s3`` here, ``redis`` in ``cli_inspect_redis``). The ``--json``
 output is SPEC 12's ``inspect`` schema.
 
 ``veil inspect s3 BUCKET/KEY`` reads the object's metadata from the upstream with the
@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from protocols.s3.errors import S3Error
+from proxy.cli_inspect_redis import register_redis
 from proxy.config import Settings
 from proxy.crypto.envelope import FORMAT_OBJECT, FORMATS
 from proxy.crypto.objects import Layout, RangeDecryptor, stored_size, unwrap_data_key
@@ -57,8 +58,8 @@ def register_s3(stores: Any) -> None:
     p.set_defaults(handler=inspect_s3)
 
 
-# one registration function per store; the RESP side adds ``register_redis`` here
-STORE_COMMANDS: list[StoreCommand] = [register_s3]
+# one registration function per store
+STORE_COMMANDS: list[StoreCommand] = [register_redis, register_s3]
 
 
 def _split(target: str) -> tuple[str, str]:
