@@ -95,6 +95,7 @@ class ClientConnection(asyncio.Protocol):
         self.sample: tuple[int, float] | None = None
         self.countdown = 1
         self.set_idx = server.set_idx
+        self.quit_idx = server.dispatch.table.rows["quit"].index
         self.state = session.State()
         # planners of the fast path; None: the general path only (observe, MULTI, CLIENT REPLY)
         self.fast: dict[bytes, fast.Planner] | None = None if self.observe else server.fast
@@ -103,7 +104,7 @@ class ClientConnection(asyncio.Protocol):
         self.req_idle = True  # the request decoder holds no partial command
         self.rep_idle = True
         self.drain_waiter: asyncio.Future[None] | None = None
-        self.broken = False  # a protocol error: nothing more is read from this client
+        self.last_read = False  # QUIT or a protocol error: nothing more is read from it
 
     # --- client side -----------------------------------------------------------------------
 
@@ -114,6 +115,8 @@ class ClientConnection(asyncio.Protocol):
         self._connect()
 
     def data_received(self, data: bytes) -> None:
+        if self.last_read:
+            return
         if (
             self.req_idle
             and self.fast is not None
@@ -122,8 +125,6 @@ class ClientConnection(asyncio.Protocol):
             and len(data) <= fast.MAX_CHUNK
             and fast.requests(self, data)
         ):
-            return
-        if self.broken:
             return
         self.req.feed(data)
         self.req_idle = False
@@ -171,7 +172,7 @@ class ClientConnection(asyncio.Protocol):
         nxt = req.next
         n = 0
         try:
-            while self.blocked is None:
+            while self.blocked is None and not self.last_read:
                 cmd = nxt()
                 if cmd is NEED_DATA:
                     break
@@ -209,6 +210,10 @@ class ClientConnection(asyncio.Protocol):
             return
         idx = row.index
         self.counts[idx] += 1
+        if idx == self.quit_idx:
+            self.forward(idx)
+            self._read_no_more()  # Redis answers QUIT, closes, and runs nothing after it
+            return
         handler = session.HANDLERS.get(row.transform)
         if handler is not None:
             handler(self, row, cmd)
@@ -302,14 +307,18 @@ class ClientConnection(asyncio.Protocol):
         the protocol error, then the connection closes; nothing after the bad bytes is read."""
         self.counts[OTHER] += 1
         self.errors[OTHER] += 1
-        self.broken, self.req_idle = True, False  # the decoder is unusable from here on
-        if self.transport is not None:
-            self.transport.pause_reading()
-        data = self.req.forward()
+        data = self.req.forward()  # the commands parsed before the error
         if data:
             self.send_upstream(data)
         self.local(ErrorReply(e.resp_error), OTHER)
         self.flush_client()
+        self._read_no_more()
+
+    def _read_no_more(self) -> None:
+        """Stops reading this client; the connection closes once what is in flight is answered."""
+        self.last_read = True
+        if self.transport is not None:
+            self.transport.pause_reading()
         self.drained().add_done_callback(lambda _: self.close())
 
     def pause_writing(self) -> None:  # the client reads slowly: stop reading replies

@@ -295,6 +295,28 @@ async def test_blocking_commands_decrypt_and_block_only_their_client(
     sealed(d.get("other"), b"served")
 
 
+def test_client_gone_while_blocked_loses_no_item(veil: VeilResp, d: Any) -> None:
+    """A client that disconnects during BLPOP must not leave a blocked upstream connection
+    behind that would pop (and lose) the next item pushed."""
+    s = socket.create_connection(("127.0.0.1", veil.port), 5)
+    s.sendall(pack("BLPOP", "jobs", "0"))
+    deadline = time.monotonic() + 5
+    while d.info("clients")["blocked_clients"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    s.close()
+    while d.info("clients")["blocked_clients"] != 0:
+        assert time.monotonic() < deadline, "veil kept the upstream BLPOP of a gone client"
+        time.sleep(0.01)
+    c = veil.client()
+    try:
+        assert c.rpush("jobs", b"precious") == 1
+        assert c.lrange("jobs", 0, -1) == [b"precious"]
+    finally:
+        c.close()
+    sealed(d.lindex("jobs", 0), b"precious")
+
+
 # --- 4. handshakes of go-redis v9, node-redis, Lettuce: HELLO 3, CLIENT SETINFO, ACL users -----
 
 
@@ -582,6 +604,16 @@ def test_bad_request_closes_only_its_client(
     finally:
         bystander.close()
     sealed(d.get("k"), b"mine")
+
+
+def test_quit_answers_then_closes_and_runs_nothing_after(veil: VeilResp, d: Any) -> None:
+    data = pack("SET", "k", "before quit") + pack("QUIT") + pack("SET", "after", "quit")
+    for port in (veil.upstream.port, veil.port):
+        with socket.create_connection(("127.0.0.1", port), 5) as s:
+            s.sendall(data)
+            assert read_until_closed(s) == b"+OK\r\n+OK\r\n"
+        assert d.exists("after") == 0
+    sealed(d.get("k"), b"before quit")
 
 
 def test_oversized_array_is_refused_before_buffering(veil: VeilResp, d: Any) -> None:
