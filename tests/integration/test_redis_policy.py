@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.crypto.envelope import MAGIC
 from proxy.redis import dispatch, session
 from proxy.redis._table import NOTES
-from proxy.redis.policy import DESCRIPTIONS, Action, KeySpec, Row, Table
+from proxy.redis.policy import DESCRIPTIONS, Action, KeySpec, Row, Table, markdown
 from tests.servers import RedisServer, VeilResp, start_veil_resp
 
 TABLE = Table()
@@ -253,6 +253,23 @@ def test_a_command_without_a_row_is_refused_and_never_forwarded(
     finally:
         c.close()
         veil.stop()
+
+
+def test_docs_policy_table_is_generated_from_the_table() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "REDIS.md").read_text()
+    begin, end = (
+        "<!-- BEGIN POLICY TABLE (generated; do not edit) -->\n",
+        "<!-- END POLICY TABLE -->",
+    )
+    assert begin in text and end in text
+    shown = text.split(begin, 1)[1].split(end, 1)[0]
+    assert shown == markdown(TABLE), (
+        "docs/REDIS.md's policy table is stale: replace it with "
+        "python3 -c 'from proxy.redis.policy import Table, markdown; print(markdown(Table()))'"
+    )
+    counts = {action: sum(r.action is action for r in TABLE) for action in Action}
+    for action, n in counts.items():  # the action summary in section 2
+        assert f"| {DESCRIPTIONS[action]} | {n} |" in text, (action, n)
 
 
 # --- VEIL COMMAND ----------------------------------------------------------------------------
