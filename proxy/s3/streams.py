@@ -159,11 +159,11 @@ class DecryptFailure(Exception):
         self.error = error
 
 
-async def decrypted(
+async def decrypted_batches(
     upstream: aiohttp.ClientResponse, decryptor: RangeDecryptor
-) -> AsyncIterator[bytes]:
-    """Plaintext pieces of an upstream body; raises DecryptFailure, or S3Error when the
-    upstream connection breaks."""
+) -> AsyncIterator[list[bytes]]:
+    """The plaintext segments of an upstream body, one non-empty list per received chunk;
+    raises DecryptFailure, or S3Error when the upstream connection breaks."""
     content = upstream.content
     try:
         while True:
@@ -173,11 +173,22 @@ async def decrypted(
                 raise S3Error("InternalError", "veil: upstream S3 connection broke") from None
             if not chunk:
                 break
-            for piece in decryptor.feed(chunk):
-                yield piece
+            out = decryptor.feed(chunk)
+            if out:
+                yield out
         decryptor.finish()
     except VeilError as e:
         raise DecryptFailure(e) from None
+
+
+async def decrypted(
+    upstream: aiohttp.ClientResponse, decryptor: RangeDecryptor
+) -> AsyncIterator[bytes]:
+    """Plaintext pieces of an upstream body; raises DecryptFailure, or S3Error when the
+    upstream connection breaks."""
+    async for batch in decrypted_batches(upstream, decryptor):
+        for piece in batch:
+            yield piece
 
 
 async def relay_plaintext(
@@ -193,9 +204,10 @@ async def relay_plaintext(
     range). A failure before that raises the S3 error ``on_failure`` builds; after it, the
     client connection is aborted.
     """
-    pieces = decrypted(upstream, decryptor)
+    batches = decrypted_batches(upstream, decryptor)
+    first: list[bytes]
     try:
-        first = await anext(pieces, b"")
+        first = await anext(batches, [])
     except DecryptFailure as e:
         upstream.close()
         raise on_failure(e.error) from None
@@ -205,10 +217,11 @@ async def relay_plaintext(
     response.headers["x-amz-request-id"] = call.request_id
     await response.prepare(call.request)
     try:
-        if first:
-            await response.write(first)
-        async for piece in pieces:
+        for piece in first:  # the first write also sends the head
             await response.write(piece)
+        sink = _Sink(call.request, response)
+        async for batch in batches:
+            await sink.write(batch)
     except DecryptFailure as e:
         on_failure(e.error)
         _abort(call, upstream)
@@ -222,6 +235,45 @@ async def relay_plaintext(
     upstream.release()
     await response.write_eof()
     return response
+
+
+class _Sink:
+    """Writes the segments decrypted from one received chunk with one ``writelines`` (a
+    single ``writev`` on uvloop) instead of one ``StreamResponse.write`` each, and waits for
+    the client once the transport holds more than 256 KiB.
+
+    Only used after the head went out (with a first ``write``) and only on a plain
+    ``Content-Length`` body: chunked framing or compression fall back to ``write``. The
+    writer's ``length`` and ``output_size`` are kept as aiohttp keeps them, and plaintext past
+    the declared length is refused (the connection is then aborted) instead of being sent.
+    """
+
+    LIMIT = 256 * 1024
+
+    def __init__(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        self._response = response
+        self._writer = request.writer
+        self._transport = request.transport
+        self._direct = not response.chunked and not response.compression
+
+    async def write(self, pieces: list[bytes]) -> None:
+        if len(pieces) == 1 or not self._direct:
+            for piece in pieces:
+                await self._response.write(piece)
+            return
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client connection closed")
+        writer = self._writer
+        size = sum(map(len, pieces))
+        if writer.length is not None:
+            if size > writer.length:
+                raise S3Error("InternalError", "veil: plaintext longer than its Content-Length")
+            writer.length -= size
+        writer.output_size += size
+        transport.writelines(pieces)
+        if transport.get_write_buffer_size() > self.LIMIT:
+            await writer.drain()  # aiohttp's flow control: resumes once the client read
 
 
 def _abort(call: Call, upstream: aiohttp.ClientResponse) -> None:
