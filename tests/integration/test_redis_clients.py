@@ -206,6 +206,90 @@ def test_pubsub_encrypted_and_plaintext_channels(veil: VeilResp, d: Any, protoco
         c.close()
 
 
+def converse(port: int, steps: list[tuple[bytes | Any, int]]) -> bytes:
+    """Sends each step's bytes (or runs it, if callable), reading its count of replies/pushes."""
+    reader = hiredis.Reader()
+    raw = b""
+    with socket.create_connection(("127.0.0.1", port), 5) as s:
+        for step, expected in steps:
+            if callable(step):
+                step()
+            else:
+                s.sendall(step)
+            count = 0
+            while count < expected:
+                chunk = s.recv(65536)
+                assert chunk, raw
+                raw += chunk
+                reader.feed(chunk)
+                while reader.gets() is not False:
+                    count += 1
+    return raw
+
+
+SUBSCRIBED = {
+    # RESP3: any command between pushes
+    3: [
+        (b"HELLO", b"3"),
+        (b"SUBSCRIBE", b"enc:c", b"plain-c"),
+        (b"SET", b"k", b"v"),
+        (b"GET", b"k"),
+        "publish",
+        (b"GET", b"k"),
+        (b"PING",),
+        (b"UNSUBSCRIBE",),
+        (b"GET", b"k"),
+    ],
+    # RESP2: only the subscription commands, PING, QUIT and RESET while subscribed
+    2: [
+        (b"SET", b"k", b"v"),
+        (b"SUBSCRIBE", b"enc:c"),
+        (b"GET", b"k"),
+        (b"PING",),
+        (b"PSUBSCRIBE", b"plain-*"),
+        "publish",
+        (b"PUNSUBSCRIBE",),
+        (b"UNSUBSCRIBE",),
+        (b"PING",),
+        (b"GET", b"k"),
+    ],
+}
+REPLIES = {b"HELLO": 1, b"SUBSCRIBE": 2, b"UNSUBSCRIBE": 2}  # RESP3 script; default 1
+
+
+@PROTOCOLS
+def test_subscriber_sees_what_a_redis_subscriber_sees(
+    veil: VeilResp, d: Any, protocol: int
+) -> None:
+    """A subscriber through veil gets the same bytes as one on Redis whose publisher published
+    the plaintext: confirmations, pushes or RESP2 messages, replies in between, errors."""
+    c = veil.client()
+
+    def steps(publisher: Any) -> list[tuple[bytes | Any, int]]:
+        def publish() -> None:
+            assert publisher.publish("enc:c", b"hello sub") == 1
+            assert publisher.publish("plain-c", b"clear") == 1
+
+        out: list[tuple[bytes | Any, int]] = []
+        for cmd in SUBSCRIBED[protocol]:
+            if cmd == "publish":
+                out.append((publish, 2))
+            else:
+                n = REPLIES.get(cmd[0], 1) if protocol == 3 else 1
+                out.append((pack(*cmd), n))
+        return out
+
+    try:
+        expected = converse(veil.upstream.port, steps(d))
+        d.flushall()
+        got = converse(veil.port, steps(c))
+    finally:
+        c.close()
+    assert without_client_id(got) == without_client_id(expected)
+    assert b"hello sub" in got and b"clear" in got
+    sealed(d.get("k"), b"v")
+
+
 @PROTOCOLS
 def test_sharded_pubsub(veil: VeilResp, d: Any, protocol: int) -> None:
     c = veil.client(protocol=protocol)
@@ -281,6 +365,30 @@ async def test_blocking_commands_decrypt_and_block_only_their_client(
         entries = read[b"st"][0] if isinstance(read, dict) else read[0][1]
         assert entries == [(entry_id, {b"field": b"streamed value"})]
         sealed(d.xrange("st")[0][1][b"field"], b"streamed value")
+
+        await pusher.xgroup_create("st", "workers", id="$")
+        task = await blocked(blocker.xreadgroup("workers", "w1", {"st": ">"}, block=5000))
+        entry_id = await pusher.xadd("st", {"field": b"for the group"})
+        read = await asyncio.wait_for(task, 5)
+        entries = read[b"st"][0] if isinstance(read, dict) else read[0][1]
+        assert entries == [(entry_id, {b"field": b"for the group"})]
+        sealed(d.xrange("st")[1][1][b"field"], b"for the group")
+
+        task = await blocked(blocker.blmpop(5, 2, "m1", "m2", direction="LEFT", count=2))
+        await pusher.rpush("m2", b"one", b"two", b"three")
+        assert await asyncio.wait_for(task, 5) == [b"m2", [b"one", b"two"]]
+        sealed(d.lindex("m2", 0), b"three")
+
+        task = await blocked(blocker.bzmpop(5, 1, ["zm"], max=True))
+        await pusher.zadd("zm", {b"low": 1, b"high": 2})
+        popped = await asyncio.wait_for(task, 5)
+        assert popped[0] == b"zm" and [(m, float(x)) for m, x in popped[1]] == [(b"high", 2.0)]
+
+        # CLIENT UNBLOCK from another client reaches the blocked client's own connection
+        blocked_id = await blocker.client_id()
+        task = await blocked(blocker.brpoplpush("never", "dst", 5))
+        assert await bystander.client_unblock(blocked_id) == 1
+        assert await asyncio.wait_for(task, 5) is None
 
         # WAIT with no replica blocks for its timeout, only on its own connection
         task = await blocked(blocker.wait(1, 400))
