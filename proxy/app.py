@@ -137,10 +137,13 @@ class App:
         starters: Mapping[str, StartFn] | None = None,
         *,
         migrate: bool = True,
+        load_settings: Callable[[], Settings] | None = None,
     ) -> None:
         """``migrate=False`` builds the rotation engine without running its loop (tests drive
-        ``ctx.engine.tick()`` themselves)."""
+        ``ctx.engine.tick()`` themselves). ``load_settings`` re-reads the configuration on
+        SIGHUP (``proxy.reload``); without it SIGHUP reloads only the keyring."""
         self.settings = settings
+        self._load_settings = load_settings
         self._migrate = migrate
         self.metrics = Metrics()
         self._starters = starters
@@ -280,10 +283,14 @@ class App:
         ctx = self.ctx
         if ctx is not None:
             ctx.audit({"event": "sidecar.stopping"})
+            log.info("stopping: no new connections; in-flight requests get %.0f s", grace)
+            loop = asyncio.get_running_loop()
             for name in ("resp", "s3", "admin"):
                 listener = ctx.listeners.pop(name, None)
                 if listener is not None:
+                    began = loop.time()
                     await listener.close(grace)
+                    log.info("%s listener closed in %.2f s", name, loop.time() - began)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -301,7 +308,9 @@ class App:
         self._stopped.set()
 
     async def serve_forever(self) -> None:
-        """``veil serve``: run until SIGTERM/SIGINT; SIGHUP reloads the keyring."""
+        """``veil serve``: run until SIGTERM/SIGINT (stop accepting, finish what is in flight
+        within the grace period, release the migration lease); SIGHUP re-reads the config
+        (the live settings of ``proxy.reload``) and reloads the keyring."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -312,6 +321,10 @@ class App:
         await self.stop()
 
     async def _reload(self) -> None:
+        if self.ctx is not None and self._load_settings is not None:
+            from proxy.reload import reload_config
+
+            reload_config(self.ctx, self._load_settings, self.ctx.audit)
         if self.ctx is not None:
             try:
                 await self.ctx.runtime.reload()

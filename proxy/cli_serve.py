@@ -1,4 +1,4 @@
-"""``veil serve``: run the sidecar until SIGTERM/SIGINT (SIGHUP reloads the keyring)."""
+"""``veil serve``: run the sidecar until SIGTERM/SIGINT (SIGHUP reloads config and keyring)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from proxy import logs
 from proxy.app import App
-from proxy.config import Settings
+from proxy.config import Settings, load_settings
 
 
 def register(sub: Any) -> None:
@@ -29,5 +29,5 @@ def register(sub: Any) -> None:
 
 async def serve(args: argparse.Namespace, settings: Settings) -> int:
     logs.configure(logging.DEBUG if args.verbose else logging.INFO, args.log_format == "json")
-    await App(settings).serve_forever()
+    await App(settings, load_settings=lambda: load_settings(args.config)).serve_forever()
     return 0

@@ -53,7 +53,7 @@ def build(ctx: Context) -> web.Application:
             header = request.headers.get("Authorization", "")
             if not header.startswith("Bearer "):
                 return _json({"error": "missing bearer token"}, 401)
-            if settings.authenticate(header[7:]) is None:
+            if ctx.settings.admin.authenticate(header[7:]) is None:  # SIGHUP may rotate them
                 return _json({"error": "wrong token"}, 403)
         response: web.StreamResponse = await handler(request)
         return response

@@ -123,6 +123,12 @@ class RateLimiter:
         self._tokens = self.burst
         self._last = clock()
 
+    def set_rate(self, rate: float) -> None:
+        """A new rate from now on (tokens already earned are kept, within the new burst)."""
+        self.rate = rate
+        self.burst = max(1.0, rate / 10)
+        self._tokens = min(self._tokens, self.burst)
+
     async def take(self, n: int = 1) -> None:
         if self.rate <= 0:
             return

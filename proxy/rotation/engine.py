@@ -118,6 +118,18 @@ class Engine:
         self._census: dict[str, dict[tuple[int, int], int]] = {}  # store -> items per version
         self._lease_at = 0.0
         self._next_pass_at = 0.0
+        self._limiter: RateLimiter | None = None  # the running pass's, for ``configure``
+
+    def configure(self, settings: Any) -> None:
+        """SIGHUP (``proxy.reload``): a new ``reencrypt`` section's rate, lease and breaker
+        apply from the next batch -- the running pass's limiter included."""
+        self.rate = settings.rate
+        self.lease_ttl = settings.lease_ttl
+        self.breaker.threshold = settings.breaker_threshold
+        self.breaker.window = settings.breaker_window
+        limiter = self._limiter
+        if limiter is not None and limiter.rate > 0:  # 0: an emergency pass, never throttled
+            limiter.set_rate(settings.rate)
 
     def add_walker(self, walker: Walker) -> None:
         """A store whose client exists only once its listener started (S3)."""
@@ -257,7 +269,7 @@ class Engine:
         self.breaker.reset()  # a new or resumed pass starts with a closed breaker
         self.metrics.breaker_open.labels(name).set(0)
         self.status[name] = status
-        limiter = RateLimiter(0 if plan.compromised_only else self.rate)
+        limiter = self._limiter = RateLimiter(0 if plan.compromised_only else self.rate)
         started = self.clock()
         try:
             tally = await walker.run_pass(plan, status, self._stepper(name, limiter, started))

@@ -27,7 +27,7 @@ from multidict import CIMultiDict
 from protocols.s3.auth import authenticate
 from protocols.s3.errors import S3Error
 from protocols.s3.head import RequestHead
-from protocols.s3.request import Operation, classify
+from protocols.s3.request import Operation, S3Request, classify
 from proxy.app import Context
 from proxy.errors import VeilError
 from proxy.s3.context import Call, Deps, HeaderedError, request_id, s3_error
@@ -60,6 +60,11 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+def _form_upload(head: RequestHead, s3: S3Request) -> bool:
+    """POST Object: a POST on a bucket that is not DeleteObjects."""
+    return s3.op is Operation.UNSUPPORTED and head.method == "POST" and s3.key is None
+
+
 class Dispatcher:
     """Turns aiohttp requests into calls and answers (errors rendered here only)."""
 
@@ -83,6 +88,10 @@ class Dispatcher:
             s3 = classify(head, base_domains=self.base_domains)
             resource = s3.resource
             op = s3.op.value if s3.op is not Operation.UNSUPPORTED else "other"
+            if _form_upload(head, s3):
+                # a browser form upload signs its policy inside the form, never in headers:
+                # refused as not implemented (SPEC 7), not as unsigned; nothing is read or sent
+                raise S3Error("NotImplemented", s3.reason)
             verified = authenticate(
                 head,
                 self._lookup,
@@ -151,6 +160,10 @@ class S3Listener:
 
     async def close(self, grace: float) -> None:
         self._server.close()
+        for conn in self._web.connections:
+            # idle keep-alive connections end now (aiohttp's shutdown would wait out the grace
+            # for them); a request in progress finishes first, then its connection closes
+            conn.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._web.shutdown(grace), grace + 1)
         self._periodic.cancel()
