@@ -609,6 +609,35 @@ def test_redis_benchmark(veil: VeilResp, d: Any, depth: str) -> None:
     sealed(d.get("key:__rand_int__"), value)
 
 
+def test_redis_benchmark_collections(veil: VeilResp, d: Any) -> None:
+    """redis-benchmark's list, set, hash, sorted-set and MSET tests: no errors, and what they
+    leave upstream is ciphertext (list elements, members, hash values, MSET values)."""
+
+    def bench(tests: str) -> None:
+        args = ["-p", str(veil.port), "-t", tests, "-n", "1000", "-c", "10", "-P", "16", "-q"]
+        result = run("redis-benchmark", *args)
+        out = result.stdout.replace(b"\r", b"\n") + result.stderr
+        assert result.returncode == 0 and b"Error" not in out, out
+        for test in tests.upper().encode().split(b","):
+            assert re.search(rb"\n" + test + rb"[^:\n]*: [0-9.]+ requests per second", out), out
+
+    bench("lpush,rpush,rpop,sadd,hset,zadd,mset")
+    assert d.llen("mylist") >= 1000  # -P 16 overshoots -n a little, as against Redis itself
+    assert all(e[:3] == MAGIC for e in d.lrange("mylist", 0, -1))
+    assert d.hvals("myhash") and all(v[:3] == MAGIC for v in d.hvals("myhash"))
+    assert d.smembers("myset") and all(m[:3] == MAGIC for m in d.smembers("myset"))
+    assert d.zcard("myzset") and all(m[:3] == MAGIC for m in d.zrange("myzset", 0, -1))
+    assert d.get("key:__rand_int__")[:3] == MAGIC  # MSET's keys
+    c = veil.client()
+    try:
+        assert c.smembers("myset") == {b"element:__rand_int__"}
+        assert len(c.lindex("mylist", 0)) == 3 and len(c.get("key:__rand_int__")) == 3
+    finally:
+        c.close()
+    bench("spop,zpopmin,lpop")  # pops decrypt what the pushes sealed
+    assert d.scard("myset") == 0 and d.zcard("myzset") == 0
+
+
 # --- 7. faults: the upstream goes away and comes back; bad input closes only its client -------
 
 
@@ -654,9 +683,10 @@ def test_upstream_down_then_back_without_restarting_veil(flaky: VeilResp) -> Non
     idle.close()
     assert c.get("k") == b"after"
     assert c.set("k2", b"second") is True
+    assert c.append("k2", b"!") == 7  # the emulation's side connection recovered too
     c.close()
     d = flaky.direct()
-    sealed(d.get("k2"), b"second")
+    sealed(d.get("k2"), b"second!")
     d.close()
 
 
