@@ -38,3 +38,16 @@ def test_sans_io_packages_import_no_io() -> None:
                     if top in forbidden:
                         offenders.append(f"{path.relative_to(ROOT)}: {line.strip()}")
     assert not offenders, offenders
+
+
+def test_readme_opens_with_the_two_setup_commands() -> None:
+    """The README's first block: install-and-demo, then the test command `.ci/run` executes."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
+    assert block == [
+        "pip install -e '.[demo]' && veil demo",
+        "python3 -m pip install -e '.[test,dev,demo]' && python3 -m pytest -q",
+    ]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -q --disable-pip-version-check -e '.[test,dev,demo]'" in ci
+    assert ci.rstrip().splitlines()[-1] == "exec python3 -m pytest -q"
