@@ -490,6 +490,29 @@ def test_hello_3_and_client_setinfo_answer_as_redis_does(veil: VeilResp, d: Any)
     assert d.get("plain:k") == b"clear"
 
 
+def test_resp3_client_tracking_invalidation_pushes(veil: VeilResp, d: Any) -> None:
+    """Client-side caching (RESP3 CLIENT TRACKING): invalidation pushes pass between replies."""
+    c = veil.client()
+
+    def steps(writer: Any) -> list[tuple[bytes | Any, int]]:
+        hello = pack("HELLO", "3") + pack("CLIENT", "TRACKING", "ON")
+        return [
+            (hello + pack("SET", "cached", "v1") + pack("GET", "cached"), 4),
+            (lambda: writer.set("cached", b"v2"), 1),  # the invalidation push
+            (pack("GET", "cached"), 1),
+        ]
+
+    try:
+        expected = converse(veil.upstream.port, steps(d))
+        d.flushall()
+        got = converse(veil.port, steps(c))
+    finally:
+        c.close()
+    assert without_client_id(got) == without_client_id(expected)
+    assert got.endswith(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$6\r\ncached\r\n$2\r\nv2\r\n")
+    sealed(d.get("cached"), b"v2")
+
+
 @pytest.fixture
 def acl_user(veil: VeilResp) -> Iterator[tuple[str, str]]:
     """An upstream ACL user allowed ``app:*`` keys only."""
@@ -829,6 +852,10 @@ def test_tls_listener_with_redis_py(tmp_path: Path, redis_server: RedisServer) -
                 pipe = c.pipeline(transaction=True)
                 pipe.set("plain:tls", b"clear").get("plain:tls")
                 assert pipe.execute() == [True, b"clear"]
+                big = bytes(range(256)) * 8192  # 2 MiB: many TLS records each way
+                pipe = c.pipeline(transaction=False)
+                pipe.set("tls:big", big).get("tls:big").set("tls:big2", big).get("tls:big2")
+                assert pipe.execute() == [True, big, True, big]
             finally:
                 c.close()
         # a client that does not speak TLS never gets an answer
@@ -842,6 +869,7 @@ def test_tls_listener_with_redis_py(tmp_path: Path, redis_server: RedisServer) -
         v.stop()
     d = redis.Redis(port=redis_server.port)
     sealed(d.get("tls:k"), b"over tls 3")
+    sealed(d.get("tls:big"), bytes(range(256)) * 8192)
     assert d.get("plain:tls") == b"clear"
     d.close()
 
