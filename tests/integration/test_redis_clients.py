@@ -750,8 +750,9 @@ def test_bad_request_closes_only_its_client(
     try:
         assert bystander.set("k", b"mine") is True
         conn_id = bystander.client_id()
-        good = pack("SET", "plain:x", "1") + pack("GET", "k") + b"GET plain:x\r\n"
-        replies = b"+OK\r\n$2\r\n\xff\xff\r\n$1\r\n1\r\n"
+        good = pack("SET", "k2", "sealed before the error") + pack("SET", "plain:x", "1")
+        good += pack("GET", "k") + b"GET plain:x\r\n"
+        replies = b"+OK\r\n+OK\r\n$2\r\n\xff\xff\r\n$1\r\n1\r\n"
         for port, value in (
             (d.connection_pool.connection_kwargs["port"], d.get("k")),
             (veil.port, b"mine"),
@@ -765,6 +766,7 @@ def test_bad_request_closes_only_its_client(
     finally:
         bystander.close()
     sealed(d.get("k"), b"mine")
+    sealed(d.get("k2"), b"sealed before the error")
 
 
 def test_quit_answers_then_closes_and_runs_nothing_after(veil: VeilResp, d: Any) -> None:
