@@ -49,6 +49,8 @@ def aws(veil: VeilThread, tmp: Path, *args: str) -> str:
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "none"),
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",  # no network: never ask an instance for anything
     }
     out = subprocess.run(
         ["aws", "--endpoint-url", veil.url, *args],
@@ -75,6 +77,10 @@ def test_aws_cli_multipart_cp_copy_ls_s3api(
     assert_ciphertext(direct, bucket, "dir/big.bin", data, parts)
     # server-side copy of a multipart object (the CLI copies > 5 MB with UploadPartCopy)
     aws(veil_s3, tmp_path, "s3", "cp", f"s3://{bucket}/dir/big.bin", f"s3://{bucket}/copy.bin")
+    copied = client.head_object(Bucket=bucket, Key="copy.bin")
+    assert copied["ContentLength"] == len(data)
+    assert copied["ETag"].endswith('-3"')  # UploadPartCopy, re-encrypted part by part
+    assert_ciphertext(direct, bucket, "copy.bin", data, parts)
     back = tmp_path / "back.bin"
     aws(veil_s3, tmp_path, "s3", "cp", f"s3://{bucket}/copy.bin", str(back))
     assert back.read_bytes() == data
@@ -112,6 +118,12 @@ def test_aws_cli_multipart_cp_copy_ls_s3api(
     )
     assert (tmp_path / "s.out").read_text() == "hello veil\n"
     assert hashlib.md5(b"hello veil\n").hexdigest() in out
+    assert '"ContentType": "text/plain"' in out
+    assert_ciphertext(direct, bucket, "s.txt", b"hello veil\n")
+    out = aws(veil_s3, tmp_path, "s3api", "list-objects-v2", "--bucket", bucket)
+    assert '"Size": 11' in out and f'"Size": {len(data)}' in out
+    aws(veil_s3, tmp_path, "s3api", "delete-object", "--bucket", bucket, "--key", "s.txt")
+    assert direct.list_objects_v2(Bucket=bucket, Prefix="s.txt").get("Contents", []) == []
 
 
 async def test_aiobotocore(veil_s3: VeilThread, direct: Any, bucket: str) -> None:
@@ -130,13 +142,75 @@ async def test_aiobotocore(veil_s3: VeilThread, direct: Any, bucket: str) -> Non
         got = await s3.get_object(Bucket=bucket, Key="aio", Range="bytes=1000-199999")
         async with got["Body"] as stream:
             assert await stream.read() == data[1000:200000]
+        parts = [os.urandom(5 * MiB), os.urandom(70_001)]
+        upload = await s3.create_multipart_upload(Bucket=bucket, Key="aio-mp")
+        done = []
+        for number, body in enumerate(parts, 1):
+            r = await s3.upload_part(
+                Bucket=bucket,
+                Key="aio-mp",
+                UploadId=upload["UploadId"],
+                PartNumber=number,
+                Body=body,
+            )
+            done.append({"PartNumber": number, "ETag": r["ETag"]})
+        await s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key="aio-mp",
+            UploadId=upload["UploadId"],
+            MultipartUpload={"Parts": done},
+        )
+        got = await s3.get_object(Bucket=bucket, Key="aio-mp")
+        async with got["Body"] as stream:
+            assert await stream.read() == b"".join(parts)
         listed = await s3.list_objects_v2(Bucket=bucket)
-        assert listed["Contents"][0]["Size"] == 300_000
+        sizes = {o["Key"]: o["Size"] for o in listed["Contents"]}
+        assert sizes == {"aio": 300_000, "aio-mp": sum(map(len, parts))}
     assert_ciphertext(direct, bucket, "aio", data)
+    assert_ciphertext(direct, bucket, "aio-mp", b"".join(parts), [len(p) for p in parts])
 
 
-def test_presigned_urls_sigv4_and_sigv2(veil_s3: VeilThread, client: Any, bucket: str) -> None:
+def test_boto3_default_checksums_over_http(client: Any, direct: Any, bucket: str) -> None:
+    """boto3's default checksum behaviour over plain HTTP: signed payloads with a CRC32 header
+    (buffered and streamed PUTs), and the transfer manager's multipart upload."""
+    import io
+
+    from boto3.s3.transfer import TransferConfig
+
+    sent: list[dict[str, Any]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        sent.append({k.lower(): v for k, v in request.headers.items()})
+
+    client.meta.events.register("before-send.s3.PutObject", record)
+    try:
+        for key, size in (("small", 1000), ("streamed", 9 * MiB + 5)):
+            data = os.urandom(size)
+            put = client.put_object(Bucket=bucket, Key=key, Body=data)
+            assert put["ETag"] == '"' + hashlib.md5(data).hexdigest() + '"'
+            head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+            assert head["ContentLength"] == size
+            assert head.get("ChecksumCRC32") == put["ChecksumCRC32"]
+            assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+            assert_ciphertext(direct, bucket, key, data)
+    finally:
+        client.meta.events.unregister("before-send.s3.PutObject", record)
+    assert all("x-amz-checksum-crc32" in h or "x-amz-trailer" in h for h in sent), sent
+    data = os.urandom(2 * 5 * MiB + 777)
+    config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    client.upload_fileobj(io.BytesIO(data), bucket, "tm-default", Config=config)
+    out = io.BytesIO()
+    client.download_fileobj(bucket, "tm-default", out, Config=config)
+    assert out.getvalue() == data
+    assert client.head_object(Bucket=bucket, Key="tm-default")["ETag"].endswith('-3"')
+    assert_ciphertext(direct, bucket, "tm-default", data, [5 * MiB, 5 * MiB, 777])
+
+
+def test_presigned_urls_sigv4_and_sigv2(
+    veil_s3: VeilThread, client: Any, direct: Any, bucket: str
+) -> None:
     client.put_object(Bucket=bucket, Key="p/q r.txt", Body=b"presigned body")
+    assert_ciphertext(direct, bucket, "p/q r.txt", b"presigned body")
     client = s3_client(veil_s3.url, signature_version="s3v4")
     url = client.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": "p/q r.txt"}, ExpiresIn=60
@@ -160,6 +234,23 @@ def test_presigned_urls_sigv4_and_sigv2(veil_s3: VeilThread, client: Any, bucket
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200
     assert client.get_object(Bucket=bucket, Key="up")["Body"].read() == b"uploaded"
+    assert_ciphertext(direct, bucket, "up", b"uploaded")
+    # a larger presigned PUT (streamed, not buffered) and a ranged presigned GET
+    big = os.urandom(9 * MiB + 3)
+    put = client.generate_presigned_url(
+        "put_object", Params={"Bucket": bucket, "Key": "up-big"}, ExpiresIn=60
+    )
+    req = urllib.request.Request(put, data=big, method="PUT", headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
+        assert r.headers["ETag"] == '"' + hashlib.md5(big).hexdigest() + '"'
+    assert_ciphertext(direct, bucket, "up-big", big)
+    get = client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": "up-big"}, ExpiresIn=60
+    )
+    ranged = urllib.request.Request(get, headers={"Range": "bytes=100000-5000000"})
+    with urllib.request.urlopen(ranged, timeout=30) as r:
+        assert r.status == 206 and r.read() == big[100000:5000001]
     expired = client.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": "up"}, ExpiresIn=1
     )

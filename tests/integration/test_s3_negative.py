@@ -7,7 +7,10 @@ import hashlib
 import http.client
 import json
 import os
+import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -212,7 +215,24 @@ def test_too_large_refused_before_the_body(veil_s3: VeilThread, direct: Any, buc
     assert_nothing_stored(direct, bucket, "huge")
 
 
-def test_post_object_and_select_not_implemented(veil_s3: VeilThread, bucket: str) -> None:
+def _form(fields: dict[str, str], file: bytes) -> tuple[str, bytes]:
+    boundary = "veilformboundary"
+    out = b""
+    for name, value in fields.items():
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        ).encode()
+    out += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    out += file + f"\r\n--{boundary}--\r\n".encode()
+    return f"multipart/form-data; boundary={boundary}", out
+
+
+def test_post_object_and_select_not_implemented(
+    veil_s3: VeilThread, direct: Any, bucket: str
+) -> None:
     status, _, answer = raw_request(
         veil_s3,
         "POST",
@@ -220,6 +240,38 @@ def test_post_object_and_select_not_implemented(veil_s3: VeilThread, bucket: str
         {"content-type": "multipart/form-data; boundary=x", "content-length": "0"},
     )
     assert status == 501 and b"NotImplemented" in answer and b"POST Object" in answer
+    # a browser form upload as a browser sends it: the policy and its signature are form
+    # fields, no Authorization header. 501 (not 403), and nothing reaches the store.
+    content_type, form = _form(
+        {
+            "key": "posted",
+            "policy": base64.b64encode(b'{"conditions": []}').decode(),
+            "x-amz-algorithm": "AWS4-HMAC-SHA256",
+            "x-amz-credential": f"{ACCESS_KEY}/20260101/{REGION}/s3/aws4_request",
+            "x-amz-date": "20260101T000000Z",
+            "x-amz-signature": "0" * 64,
+        },
+        b"form body bytes",
+    )
+    host, port = veil_s3.address()
+    for path in (f"/{bucket}", f"/{bucket}/"):
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn.request("POST", path, body=form, headers={"Content-Type": content_type})
+        response = conn.getresponse()
+        answer = response.read()
+        conn.close()
+        assert response.status == 501, answer
+        assert b"<Code>NotImplemented</Code>" in answer and b"POST Object" in answer
+    # signed with SigV4 headers as well: the same answer
+    status, _, answer = raw_request(
+        veil_s3,
+        "POST",
+        f"/{bucket}",
+        {"content-type": content_type, "content-length": str(len(form))},
+        form,
+    )
+    assert status == 501 and b"POST Object" in answer
+    assert_nothing_stored(direct, bucket, "posted")
     client = s3_client(veil_s3.url)
     with pytest.raises(ClientError) as e:
         client.select_object_content(
@@ -370,3 +422,160 @@ def test_presigned_tampered_query(veil_s3: VeilThread, client: Any, bucket: str)
     conn.request("GET", parts.path.replace("/p", "/q") + "?" + parts.query)
     response = conn.getresponse()
     assert response.status == 403 and b"SignatureDoesNotMatch" in response.read()
+
+
+def _read_until_cut(url: str, headers: dict[str, str] | None = None) -> tuple[int, int, bytes]:
+    """(status, declared Content-Length, bytes received before the connection ended)."""
+    parts = urllib.parse.urlsplit(url)
+    assert parts.hostname is not None
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn.request("GET", f"{parts.path}?{parts.query}", headers=headers or {})
+    response = conn.getresponse()
+    declared = int(response.getheader("content-length") or -1)
+    got = bytearray()
+    try:
+        while chunk := response.read(65536):
+            got += chunk
+    except http.client.IncompleteRead as e:
+        got += e.partial
+    except ConnectionError:
+        pass
+    conn.close()
+    return response.status, declared, bytes(got)
+
+
+def test_tampered_segment_deep_in_a_large_object(
+    veil_s3: VeilThread, client: Any, direct: Any, bucket: str
+) -> None:
+    """Segments past the first go out in batches (one writev per upstream chunk): a bad
+    segment deep in the body still cuts the connection before any of its bytes, and what the
+    client got is an exact prefix of the plaintext -- never garbage, never a full length."""
+    seg, stored_seg = 65536, 65552
+    data = os.urandom(48 * seg + 1234)
+    client.put_object(Bucket=bucket, Key="deep", Body=data)
+    head, body = stored(direct, bucket, "deep")
+    bad = 40
+    tampered = bytearray(body)
+    tampered[bad * stored_seg + 100] ^= 0x01
+    direct.put_object(Bucket=bucket, Key="deep", Body=bytes(tampered), Metadata=head["Metadata"])
+    signer = s3_client(veil_s3.url, signature_version="s3v4")
+    url = signer.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "deep"})
+    before = _metric(veil_s3, "veil_decrypt_failures_total")
+    status, declared, got = _read_until_cut(url)
+    assert status == 200 and declared == len(data)
+    assert len(got) <= bad * seg and got == data[: len(got)]
+    # a range that starts before the bad segment and spans it: cut the same way
+    status, declared, got = _read_until_cut(url, {"Range": f"bytes={30 * seg + 7}-"})
+    assert status == 206 and declared == len(data) - 30 * seg - 7
+    assert len(got) <= (bad - 30) * seg - 7 and got == data[30 * seg + 7 : 30 * seg + 7 + len(got)]
+    # a range that starts in the bad segment: a proper S3 error (nothing was sent yet)
+    with pytest.raises(ClientError) as e:
+        client.get_object(Bucket=bucket, Key="deep", Range=f"bytes={bad * seg + 5}-")
+    assert code(e) == "InternalError"
+    # ranges that avoid it still decrypt, through batches of many segments
+    r = client.get_object(Bucket=bucket, Key="deep", Range=f"bytes=1-{bad * seg - 1}")
+    assert r["Body"].read() == data[1 : bad * seg]
+    r = client.get_object(Bucket=bucket, Key="deep", Range=f"bytes={(bad + 1) * seg}-")
+    assert r["Body"].read() == data[(bad + 1) * seg :]
+    assert _metric(veil_s3, "veil_decrypt_failures_total") >= before + 3
+    assert stored(direct, bucket, "deep")[1] == bytes(tampered)  # a read changes nothing
+
+
+def test_client_going_away_mid_body(veil_s3: VeilThread, client: Any, bucket: str) -> None:
+    """A client that drops the connection mid-GET: veil stops reading the upstream and keeps
+    serving everyone else (repeatedly, so leaked upstream connections would show)."""
+    import socket
+
+    data = os.urandom(24 * MiB)
+    client.put_object(Bucket=bucket, Key="gone", Body=data)
+    signer = s3_client(veil_s3.url, signature_version="s3v4")
+    url = signer.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "gone"})
+    parts = urllib.parse.urlsplit(url)
+    host, port = veil_s3.address()
+    for _ in range(12):
+        sock = socket.create_connection((host, port), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        request = f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
+        sock.sendall(request.encode())
+        received = 0
+        while received < 300_000:
+            chunk = sock.recv(65536)
+            assert chunk
+            received += len(chunk)
+        sock.close()  # unread data: the peer sees a reset
+    assert client.get_object(Bucket=bucket, Key="gone")["Body"].read() == data
+    r = client.get_object(Bucket=bucket, Key="gone", Range="bytes=-100000")
+    assert r["Body"].read() == data[-100000:]
+
+
+def test_missing_signature_on_reads_and_presigned(
+    veil_s3: VeilThread, client: Any, direct: Any, bucket: str
+) -> None:
+    client.put_object(Bucket=bucket, Key="r", Body=b"secret")
+    host, port = veil_s3.address()
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", f"/{bucket}/r")
+    response = conn.getresponse()
+    assert response.status == 403 and b"<Code>AccessDenied</Code>" in response.read()
+    conn.close()
+    url = s3_client(veil_s3.url, signature_version="s3v4").generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": "r"}
+    )
+    parts = urllib.parse.urlsplit(url)
+    query = "&".join(q for q in parts.query.split("&") if not q.startswith("X-Amz-Signature="))
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", f"{parts.path}?{query}")
+    response = conn.getresponse()
+    answer = response.read()
+    conn.close()
+    # S3's answer to a presigned query without its signature
+    assert response.status == 400 and b"secret" not in answer
+    assert b"<Code>AuthorizationQueryParametersError</Code>" in answer
+
+
+def test_expired_presigned_put_stores_nothing(
+    veil_s3: VeilThread, direct: Any, bucket: str
+) -> None:
+    signer = s3_client(veil_s3.url, signature_version="s3v4")
+    url = signer.generate_presigned_url(
+        "put_object", Params={"Bucket": bucket, "Key": "late"}, ExpiresIn=1
+    )
+    time.sleep(2.1)
+    request = urllib.request.Request(
+        url,
+        data=b"too late",
+        method="PUT",
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(request, timeout=10)
+    answer = e.value.read()
+    assert e.value.code == 403 and b"<Code>AccessDenied</Code>" in answer
+    assert b"expired" in answer.lower()
+    assert_nothing_stored(direct, bucket, "late")
+
+
+def test_wrong_content_md5_on_upload_part(client: Any, direct: Any, bucket: str) -> None:
+    upload = client.create_multipart_upload(Bucket=bucket, Key="mp")
+    uid = upload["UploadId"]
+    body = os.urandom(6 * MiB)  # streamed: the last segment is withheld, the part aborted
+    wrong = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+    with pytest.raises(ClientError) as e:
+        client.upload_part(
+            Bucket=bucket, Key="mp", UploadId=uid, PartNumber=1, Body=body, ContentMD5=wrong
+        )
+    assert code(e) == "BadDigest"
+    with pytest.raises(ClientError) as e:
+        client.upload_part(
+            Bucket=bucket,
+            Key="mp",
+            UploadId=uid,
+            PartNumber=2,
+            Body=body,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=base64.b64encode(hashlib.sha256(b"other").digest()).decode(),
+        )
+    assert code(e) in ("BadDigest", "InvalidRequest")
+    upstream_id = uid.split("~")[1][82:]
+    assert direct.list_parts(Bucket=bucket, Key="mp", UploadId=upstream_id).get("Parts", []) == []
+    client.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid)
