@@ -579,3 +579,87 @@ def test_wrong_content_md5_on_upload_part(client: Any, direct: Any, bucket: str)
     upstream_id = uid.split("~")[1][82:]
     assert direct.list_parts(Bucket=bucket, Key="mp", UploadId=upstream_id).get("Parts", []) == []
     client.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid)
+
+
+def _chunked_put(
+    veil: VeilThread, path: str, data: bytes, mode: str, tamper: str
+) -> tuple[int, bytes]:
+    """An aws-chunked PUT of ``data`` with a CRC32 trailer, broken as ``tamper`` says."""
+    import zlib
+
+    host, port = veil.address()
+    crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    if tamper == "trailer-checksum":
+        crc = base64.b64encode((zlib.crc32(data) ^ 1).to_bytes(4, "big")).decode()
+    headers = [
+        ("host", f"{host}:{port}"),
+        ("content-encoding", "aws-chunked"),
+        ("x-amz-decoded-content-length", str(len(data))),
+        ("x-amz-trailer", "x-amz-checksum-crc32"),
+    ]
+    signed = sign(
+        "PUT",
+        path,
+        "",
+        headers,
+        mode,
+        Credentials(ACCESS_KEY, SECRET_KEY),
+        REGION,
+        datetime.now(UTC),
+    )
+    encoder = ChunkEncoder(signed.chain if mode.startswith("STREAMING-AWS4") else None)
+    body = b"".join(encoder.chunk(data[i : i + MiB]) for i in range(0, len(data), MiB))
+    end = encoder.finish([("x-amz-checksum-crc32", crc)])
+    if tamper == "final-chunk-signature":  # "0;chunk-signature=<64 hex>\r\n..."
+        at = end.index(b"chunk-signature=") + len(b"chunk-signature=")
+        end = end[:at] + (b"0" if end[at : at + 1] != b"0" else b"1") + end[at + 1 :]
+    elif tamper == "trailer-signature":
+        at = end.index(b"x-amz-trailer-signature:") + len(b"x-amz-trailer-signature:")
+        end = end[:at] + (b"0" if end[at : at + 1] != b"0" else b"1") + end[at + 1 :]
+    payload = body + end
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    conn.putrequest("PUT", path, skip_host=True, skip_accept_encoding=True)
+    for name, value in [*headers, *signed.headers, ("content-length", str(len(payload)))]:
+        conn.putheader(name, value)
+    conn.endheaders()
+    conn.send(payload)
+    response = conn.getresponse()
+    answer = response.read()
+    conn.close()
+    return response.status, answer
+
+
+@pytest.mark.parametrize(
+    ("mode", "tamper", "status", "error"),
+    [
+        ("STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER", "none", 200, b""),
+        ("STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER", "final-chunk-signature", 403, b"Signature"),
+        ("STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER", "trailer-signature", 403, b"Signature"),
+        ("STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER", "trailer-checksum", 400, b"BadDigest"),
+        ("STREAMING-UNSIGNED-PAYLOAD-TRAILER", "trailer-checksum", 400, b"BadDigest"),
+    ],
+)
+def test_streamed_body_refused_at_its_end(
+    veil_s3: VeilThread,
+    client: Any,
+    direct: Any,
+    bucket: str,
+    mode: str,
+    tamper: str,
+    status: int,
+    error: bytes,
+) -> None:
+    """Everything but the end of a streamed (over the buffer) body is fine: the last segment
+    is withheld until the final chunk signature, trailer signature and trailing checksum
+    verify, so the upstream PUT is aborted and the object already there stays as it was."""
+    client.put_object(Bucket=bucket, Key="end", Body=b"previous version")
+    before = stored(direct, bucket, "end")[1]
+    data = os.urandom(9 * MiB + 11)
+    got, answer = _chunked_put(veil_s3, f"/{bucket}/end", data, mode, tamper)
+    assert got == status, answer
+    if status == 200:
+        assert client.get_object(Bucket=bucket, Key="end")["Body"].read() == data
+        return
+    assert error in answer
+    assert stored(direct, bucket, "end")[1] == before
+    assert client.get_object(Bucket=bucket, Key="end")["Body"].read() == b"previous version"
