@@ -5,6 +5,10 @@ Set and sorted-set members, geo members and HyperLogLog elements are sealed dete
 algebra and HyperLogLog counting keep working on the server. List elements are randomized
 unless the key is under ``redis.deterministic_lists``, which is what LREM, LPOS and LINSERT
 need: with randomized elements they are refused.
+
+While an index rotation is in progress (``NsState.rotating``), every handler that seals such a
+member hands over to ``_rotation``, which looks it up under every live index version (or
+refuses); otherwise the handlers pay that one attribute check.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Final
 
 from protocols.resp import Set, Value
 from proxy.crypto.context import Role
+from proxy.redis import _rotation as rot
 from proxy.redis.cipher import Cipher, KeyInfo
 from proxy.redis.policy import Refusal, not_supported
 from proxy.redis.transform import (
@@ -77,18 +82,25 @@ def _deterministic_list(cmd: list[bytes], info: KeyInfo) -> None:
 def linsert(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
     info = _info(infos)
     _deterministic_list(cmd, info)
+    if info.ns.rotating:  # every old copy of the pivot moves first (the element is new)
+        new = [*cmd[:4], c.seal(info, LIST, cmd[4])]
+        return rot.scripted(c, info, LIST, rot.WRITE, new, [cmd[1]], [3]), None, None
     return [*cmd[:3], c.seal(info, LIST, cmd[3]), c.seal(info, LIST, cmd[4])], None, None
 
 
 def lrem(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
     info = _info(infos)
     _deterministic_list(cmd, info)
+    if info.ns.rotating:
+        return rot.scripted(c, info, LIST, rot.WRITE, cmd, [cmd[1]], [3]), None, None
     return [*cmd[:3], c.seal(info, LIST, cmd[3])], None, None
 
 
 def lpos(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
     info = _info(infos)
     _deterministic_list(cmd, info)
+    if info.ns.rotating:  # refused if the list still holds the element under an old version
+        return rot.scripted(c, info, LIST, rot.CHECK, cmd, [cmd[1]], [2]), None, None
     return [*cmd[:2], c.seal(info, LIST, cmd[2]), *cmd[3:]], None, None
 
 
@@ -134,16 +146,50 @@ def lmpop(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
 
 def members2(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
     """SADD/SREM/SMISMEMBER/ZREM/ZMSCORE/GEOPOS/GEOHASH/PFADD: members from argument 2."""
-    return _seal_from(c, _info(infos), member_role(cmd), cmd, 2), None, None
+    info = _info(infos)
+    role = member_role(cmd)
+    if info.ns.rotating and role is not Role.HLL_ELEMENT:
+        return _members_rotating(c, cmd, info, role)
+    return _seal_from(c, info, role, cmd, 2), None, None
+
+
+_FOLDED: Final = {b"SMISMEMBER": "any", b"ZMSCORE": "first", b"GEOPOS": "first",
+                  b"GEOHASH": "first"}  # fmt: skip
+
+
+def _members_rotating(c: Cipher, cmd: list[bytes], info: KeyInfo, role: Role) -> Plan:
+    how = _FOLDED.get(cmd[0].upper())
+    if how is not None:  # reads: every version of each member in one native command
+        return rot.fold(c, info, role, cmd[:2], cmd[2:], how, False)
+    groups = range(2, len(cmd))  # SADD/SREM/ZREM: old copies move onto the active version
+    return rot.scripted(c, info, role, rot.WRITE, cmd, [cmd[1]], groups), None, None
 
 
 def member_at(index: int) -> Handler:
     def handler(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
+        info = _info(infos)
+        if info.ns.rotating:
+            return _member_rotating(c, cmd, info, index)
         new = cmd.copy()
-        new[index] = c.seal(_info(infos), member_role(cmd), cmd[index])
+        new[index] = c.seal(info, member_role(cmd), cmd[index])
         return new, None, None
 
     return handler
+
+
+def _member_rotating(c: Cipher, cmd: list[bytes], info: KeyInfo, index: int) -> Plan:
+    """SISMEMBER, ZSCORE: folded reads; ZRANK/ZREVRANK: the version present; ZINCRBY: moved."""
+    name = cmd[0].upper()
+    role = member_role(cmd)
+    if name == b"SISMEMBER":
+        return rot.fold(c, info, role, [b"SMISMEMBER", cmd[1]], [cmd[2]], "any", True)
+    if name == b"ZSCORE":
+        return rot.fold(c, info, role, [b"ZMSCORE", cmd[1]], [cmd[2]], "first", True)
+    if name == b"ZINCRBY":
+        new = rot.scripted(c, info, role, rot.WRITE, cmd, [cmd[1]], [index])
+        return new, rot.r_double, None
+    new = rot.scripted(c, info, role, rot.READ, cmd, [cmd[1]], [index])
+    return new, rot.r_rank, has_option(cmd, 3, b"WITHSCORE")
 
 
 def members(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
@@ -151,16 +197,26 @@ def members(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
     return None, r_items, (_info(infos), SET, cmd[1])
 
 
+def _algebra(cmd: list[bytes], pos: list[int], info: KeyInfo | None) -> None:
+    """Refuses set algebra over two or more source keys during an index rotation: their
+    members may be on different versions, and equal plaintexts would not compare equal."""
+    if info is not None and info.ns.rotating and member_role(cmd) is not Role.HLL_ELEMENT:
+        sources = pos[1:] if cmd[0].upper().endswith(b"STORE") else pos
+        if len({cmd[p] for p in sources}) > 1:
+            raise rot.refuse()
+
+
 def setalgebra(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
     info = same_policy(cmd, pos, infos)
     if info is None:
         return PASS
+    _algebra(cmd, pos, info)
     return None, r_items, (info, member_role(cmd), cmd[1])
 
 
 def samens(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
     """*STORE, *CARD, PFCOUNT, PFMERGE: members compare equal only within one namespace."""
-    same_policy(cmd, pos, infos)
+    _algebra(cmd, pos, same_policy(cmd, pos, infos))
     return PASS
 
 
@@ -168,6 +224,8 @@ def smove(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
     info = same_policy(cmd, pos, infos)
     if info is None:
         return PASS
+    if info.ns.rotating:  # the member moves onto the active version in both sets first
+        return rot.scripted(c, info, SET, rot.WRITE, cmd, cmd[1:3], [3], nkeys=2), None, None
     return [*cmd[:3], c.seal(info, SET, cmd[3])], None, None
 
 
@@ -223,6 +281,10 @@ def zadd(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
     i = 2
     while i < len(cmd) and cmd[i].upper() in (b"NX", b"XX", b"GT", b"LT", b"CH", b"INCR"):
         i += 1
+    if info.ns.rotating:  # old copies move onto the active version, keeping their score
+        groups = range(i + 1, len(cmd), 2)
+        new = rot.scripted(c, info, ZSET, rot.WRITE, cmd, [cmd[1]], groups)
+        return new, (rot.r_double if has_option(cmd[:i], 2, b"INCR") else None), None
     new = cmd.copy()
     for j in range(i + 1, len(cmd), 2):
         new[j] = c.seal(info, ZSET, cmd[j])
@@ -283,6 +345,7 @@ def zalgebra(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
     info = same_policy(cmd, pos, infos)
     if info is None:
         return PASS
+    _algebra(cmd, pos, info)
     return None, r_scored, (info, cmd[pos[0]], has_option(cmd, 2, b"WITHSCORES"))
 
 
@@ -299,6 +362,9 @@ def geoadd(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
     i = 2
     while i < len(cmd) and cmd[i].upper() in (b"NX", b"XX", b"CH"):
         i += 1
+    if info.ns.rotating:
+        groups = range(i + 2, len(cmd), 3)
+        return rot.scripted(c, info, ZSET, rot.WRITE, cmd, [cmd[1]], groups), None, None
     new = cmd.copy()
     for j in range(i + 2, len(cmd), 3):
         new[j] = c.seal(info, ZSET, cmd[j])
@@ -307,6 +373,8 @@ def geoadd(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
 
 def geodist(c: Cipher, cmd: list[bytes], pos: list[int], infos: Infos) -> Plan:
     info = _info(infos)
+    if info.ns.rotating:
+        return rot.scripted(c, info, ZSET, rot.READ, cmd, [cmd[1]], [2, 3]), None, None
     new = [cmd[0], cmd[1], c.seal(info, ZSET, cmd[2]), c.seal(info, ZSET, cmd[3]), *cmd[4:]]
     return new, None, None
 
@@ -335,6 +403,8 @@ def _geo_search(
         return PASS
     new = None
     if member is not None:
+        if info.ns.rotating:  # the member's coordinates may be under an old version
+            raise rot.refuse()
         new = cmd.copy()
         new[member] = c.seal(info, ZSET, cmd[member])
     return new, (None if store else r_geo), (info, cmd[pos[0]])

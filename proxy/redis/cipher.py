@@ -37,6 +37,7 @@ from proxy.crypto.envelope import MAGIC, Opener, SmallSealer, seal_deterministic
 from proxy.crypto.keys import KeyKind, VersionKey
 from proxy.errors import CryptoError, KeyringStale, LegacyPlaintextRefused, VeilError
 from proxy.keys.keyset import UnknownKeyVersion
+from proxy.keys.model import State
 from proxy.keys.stores import RESERVED_PREFIX
 from proxy.metrics import Metrics
 from proxy.redis.policy import reserved
@@ -63,6 +64,13 @@ class NsState:
     active_master: int = 0
     active_index: int = 0
     error: VeilError | None = None  # why sealing is impossible (stale, no active version)
+    # index rotation in progress (SPEC 6): retired index versions whose migration is not
+    # complete may still hold members. ``rotating`` is the one flag the hot path checks;
+    # ``index_old`` holds those versions' keys (newest first), ``index_blind`` says one of
+    # them is unavailable (KMS), so a member cannot be looked up under every version.
+    rotating: bool = False
+    index_old: tuple[VersionKey, ...] = ()
+    index_blind: bool = False
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -149,6 +157,31 @@ class Cipher:
             state.error = None
         except VeilError as e:  # stale keyring, no usable active version: sealing fails
             state.sealer, state.index, state.error = None, None, e
+        self._arm_rotation(state)
+
+    def _arm_rotation(self, state: NsState) -> None:
+        """Sets ``rotating``/``index_old``/``index_blind`` from the loaded keyring.
+
+        An index rotation is in progress for a class while one of its index versions is
+        ``retired`` and its migration is not marked complete (the rebuild the engine runs,
+        ``rotation.engine.Engine.plan``). Pending versions never sealed anything; revoked and
+        destroyed ones cannot be opened, so no lookup could use them.
+        """
+        runtime = self.values.runtime
+        if not runtime.loaded:
+            return
+        keyset = runtime.keyset
+        cls = keyset.keyring.class_by_id(state.class_id)
+        olds = [] if cls is None else [
+            v.version
+            for v in cls.index_versions
+            if v.state is State.RETIRED and v.migration_complete is None
+        ]  # fmt: skip
+        keys = [keyset.keys.get((KeyKind.INDEX, state.class_id, v)) for v in olds]
+        found = tuple(k for k in keys if k is not None)
+        state.index_old = tuple(sorted(found, key=lambda k: -k.version))
+        state.index_blind = len(found) < len(olds)
+        state.rotating = bool(olds)
 
     def reset(self, *_: object) -> None:
         """Forget everything derived from the keyring (a ``KeyringRuntime`` listener)."""
@@ -182,6 +215,15 @@ class Cipher:
         if index is None:
             raise state.error or KeyringStale()
         return seal_deterministic(index, plaintext, state.contexts[role])
+
+    def seal_versions(self, state: NsState, role: Role, plaintext: bytes) -> list[bytes]:
+        """The deterministic envelopes of ``plaintext`` under the active index version and every
+        version an index rotation may still have members on (active first)."""
+        index = state.index
+        if index is None:
+            raise state.error or KeyringStale()
+        ctx = state.contexts[role]
+        return [seal_deterministic(k, plaintext, ctx) for k in (index, *state.index_old)]
 
     def seal_string(self, info: KeyInfo, plaintext: bytes) -> bytes:
         """``seal(info, Role.STRING, ...)`` without the role dispatch (the SET hot path)."""

@@ -21,6 +21,7 @@ from typing import Final
 
 from proxy.redis import _collections as coll
 from proxy.redis import _emulated as emul
+from proxy.redis import _rotation as rot
 from proxy.redis import _streams as streams
 from proxy.redis import transform as t
 from proxy.redis.cipher import Cipher, KeyInfo
@@ -132,6 +133,9 @@ HANDLERS: Final[dict[str, t.Handler]] = {
     "publish": t.publish,
     "slowlog": t.slowlog,
 }
+# hash field names under redis.deterministic_fields: looked up under every index version while
+# an index rotation is in progress (each wrapper checks the flag, then calls the one above)
+HANDLERS.update(rot.HASH_HANDLERS)
 
 # handled by the connection (state, side connections); see server.py / session.py
 SESSION: Final = frozenset(
