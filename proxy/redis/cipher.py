@@ -9,7 +9,10 @@ request needs so that the per-value cost is one dict lookup plus the AEAD call:
   ``KeyInfo`` (namespace state, deterministic-list and -field flags); a reserved key
   (``__veil__:*``) raises ``Refusal``.
 * ``NsState`` holds, per namespace, the base context of each role, the randomized sealer of
-  the class's active master version and the active index key. They are rebuilt when the keyring
+  the class's active master version and the active index key, and whether an index rotation
+  is in progress (``rotating``, with the older index keys a member may still be under: the
+  one flag the set, sorted-set, deterministic list and field handlers check, see
+  ``_rotation``). They are rebuilt when the keyring
   changes (``reset``, a ``KeyringRuntime`` listener) and re-checked for staleness once a second
   by ``check()`` (the listener's timer), not per value: ``KeyringRuntime.sealer`` reads the
   clock, which costs more than the AES-GCM call it guards.
