@@ -172,10 +172,29 @@ def test_members_are_found_under_every_index_version_until_the_rebuild(veil: Vei
         assert dispatch.plan(dispatch.row(sadd), sadd)[0][0] == b"EVAL"  # the one-step script
 
         # every command answers exactly what it answers on plaintext, in both protocols
+        upstream = Raw(veil.upstream.port, 2)
+        assert upstream("CONFIG", "SET", "slowlog-log-slower-than", 0) == SimpleString(b"OK")
+        upstream("CONFIG", "SET", "slowlog-max-len", 10000)
+        upstream("SLOWLOG", "RESET")
         for p, c in raws.items():
             for cmd in SCRIPT:
                 got, want = run(c, f"k{p}", cmd), run(c, f"plain:k{p}", cmd)
                 assert got == want, (p, cmd, got, want)
+        # ... and what reached Redis for the encrypted keys never held a plaintext member
+        secrets = {b"a", b"b", b"c", b"e", b"x", b"nope", b"pa", b"ca", b"email", b"name",
+                   b"Bob", b"b@example.com"}  # fmt: skip
+        log = upstream("SLOWLOG", "GET", -1)
+        upstream("CONFIG", "SET", "slowlog-log-slower-than", 10000)
+        upstream.close()
+        assert isinstance(log, list)
+        sent = [e[3] for e in log if isinstance(e, list) and isinstance(e[3], list)]
+        ours = [
+            a
+            for a in sent
+            if any(isinstance(w, bytes) and w.startswith((b"k2:", b"k3:")) for w in a)
+        ]
+        assert any(a[0] == b"EVAL" for a in ours)
+        assert not [a for a in ours if secrets & set(a)]
 
         c = raws[2]
         # a list element still under the old version: refused, never a partial answer
