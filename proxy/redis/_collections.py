@@ -391,6 +391,17 @@ def r_geo(c: Cipher, value: Value, arg: tuple[KeyInfo, bytes]) -> Value:
     ]  # fmt: skip
 
 
+def r_geo_scripted(c: Cipher, value: Value, arg: tuple[KeyInfo, bytes]) -> Value:
+    """``r_geo`` of a reply the script gave in RESP2: coordinates back to doubles."""
+    if type(value) is list:
+        value = [
+            [[rot.double(x) for x in v] if type(v) is list else v for v in item]
+            if type(item) is list else item
+            for item in value
+        ]  # fmt: skip
+    return r_geo(c, value, arg)
+
+
 _STORES: Final = (b"STORE", b"STOREDIST")
 
 
@@ -403,8 +414,11 @@ def _geo_search(
         return PASS
     new = None
     if member is not None:
-        if info.ns.rotating:  # the member's coordinates may be under an old version
-            raise rot.refuse()
+        if info.ns.rotating:  # the member is looked up under the version the key holds
+            source = 2 if cmd[0].upper() == b"GEOSEARCHSTORE" else 1
+            keys = [cmd[source], *[cmd[p] for p in pos if p != source]]
+            new = rot.scripted(c, info, ZSET, rot.READ, cmd, keys, [member])
+            return new, (None if store else r_geo_scripted), (info, cmd[pos[0]])
         new = cmd.copy()
         new[member] = c.seal(info, ZSET, cmd[member])
     return new, (None if store else r_geo), (info, cmd[pos[0]])

@@ -23,15 +23,15 @@ seals such a member checks that one flag and, while it is set, comes here instea
   answers 0 and ``ZADD`` keeps one member with the new score: ``SADD SREM SMOVE ZADD ZREM
   ZINCRBY GEOADD LREM LINSERT HSET HMSET HSETNX HDEL HSETEX HGETDEL HGETEX HEXPIRE ...``. *Read*
   mode substitutes the version the key holds, changing nothing: ``ZRANK ZREVRANK GEODIST HTTL
-  ...``. *Check* mode refuses when an old-version copy exists: ``LPOS`` (its RANK/COUNT/MAXLEN
-  arithmetic over a list with mixed versions could not be answered from one of them).
-  The script runs in RESP2 mode, so the reply functions turn doubles back into ``Double``
-  (``ZINCRBY``, ``ZADD INCR``, ``ZRANK WITHSCORE``): the client gets the digits Redis wrote in
-  its own protocol.
+  GEOSEARCH FROMMEMBER GEORADIUSBYMEMBER ...``. *Check* mode refuses when an old-version copy
+  exists: ``LPOS`` (its RANK/COUNT/MAXLEN arithmetic over a list with mixed versions could not
+  be answered from one of them). The script runs in RESP2 mode, so the reply functions turn
+  doubles back into ``Double`` (``ZINCRBY``, ``ZADD INCR``, ``ZRANK WITHSCORE``, coordinates):
+  the client gets the digits Redis wrote, in its own protocol.
 * **Multi-key set algebra** (``SINTER SUNION SDIFF``, their ``STORE``/``CARD`` forms, the
   ``Z`` ones) over more than one source key compares envelopes across keys that may be on
-  different versions: refused with ``ROTATING``. So are ``GEORADIUSBYMEMBER`` and
-  ``GEOSEARCH FROMMEMBER``, and commands too long for the script (``MAX_WORDS``).
+  different versions: refused with ``ROTATING``, and so are commands too long for the script
+  (``MAX_WORDS``).
 
 The script needs ``EVAL`` in the client's ACL while a rotation is in progress (its commands
 are checked against the user's ACL as usual). With no rotation in progress none of this runs:
@@ -215,13 +215,13 @@ def fold(
     return folded(c, info, role, head, members), r_fold, (width, how, single, then, then_arg)
 
 
-def _double(value: Value) -> Value:
+def double(value: Value) -> Value:
     return Double(value) if type(value) is bytes else value
 
 
 def r_double(c: Cipher, value: Value, arg: None) -> Value:
     """ZINCRBY, ZADD INCR: the script's bulk score as the double Redis answers."""
-    return _double(value)
+    return double(value)
 
 
 def r_rank(c: Cipher, value: Value, arg: bool) -> Value:
@@ -229,7 +229,7 @@ def r_rank(c: Cipher, value: Value, arg: bool) -> Value:
     if not arg:
         return value
     if type(value) is list and len(value) == 2:
-        return [value[0], _double(value[1])]
+        return [value[0], double(value[1])]
     return NULL_ARRAY if value is None else value
 
 
