@@ -92,6 +92,25 @@ def lazy_redis(
     return handle
 
 
+def lazy_s3(
+    engine: Any, walker: Any
+) -> Callable[[list[tuple[str, str]]], Coroutine[Any, Any, None]]:
+    """Rewraps a batch of (bucket, key) objects the read path met on old versions."""
+    from proxy.rotation.redis_walk import Tally
+
+    async def handle(items: list[tuple[str, str]]) -> None:
+        plan = engine.plan(engine.runtime.keyset.keyring)[0]
+        by_bucket: dict[str, list[str]] = {}
+        for bucket, key in items:
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            tally = Tally()
+            await walker.migrate_objects(bucket, keys, plan, tally)
+            engine._count("s3", tally)
+
+    return handle
+
+
 def describe_features(features: frozenset[str]) -> str:
     """What a store supports, for the start-up log (SPEC 4: "veil says at start-up...")."""
     if "heartbeats" in features:
@@ -207,7 +226,13 @@ class App:
         if ctx.engine is not None and s3 is not None and hasattr(s3, "deps"):
             from proxy.rotation.s3_walk import S3Walker
 
-            ctx.engine.add_walker(S3Walker(s3.deps, s.reencrypt.batch, s.reencrypt.concurrency))
+            walker = S3Walker(s3.deps, s.reencrypt.batch, s.reencrypt.concurrency)
+            ctx.engine.add_walker(walker)
+            # reads that meet an old version queue the object (s3.deps.note_read)
+            lazy: LazyQueue[tuple[str, str]] = LazyQueue("s3", ctx.metrics)
+            ctx.lazy["s3"] = lazy
+            task = lazy.run(lazy_s3(ctx.engine, walker), allowed=ctx.engine.lazy_allowed)
+            self._tasks.append(asyncio.create_task(task, name="veil-lazy-s3"))
         return ctx
 
     def _engine(self, ctx: Context) -> Any:

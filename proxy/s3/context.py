@@ -199,6 +199,25 @@ class Deps:
     def count_decrypt(self, version: int) -> None:
         self.ctx.metrics.hot.decrypts[("s3", str(version))] += 1
 
+    def note_read(
+        self, bucket: str, key: str, parsed: ObjectHeader | None, version_id: str | None
+    ) -> None:
+        """Lazy re-encryption (SPEC 8): the current version of an object read under an old key
+        version (or as legacy plaintext, ``parsed`` None) is queued; the reply never waits."""
+        lazy = self.ctx.lazy.get("s3")
+        if lazy is None or version_id is not None:  # noncurrent versions stay as they are
+            return
+        if parsed is not None:
+            keyset = self.ctx.runtime.keyset
+            try:
+                class_id = keyset.class_id(self.ctx.settings.keys.class_for_bucket(bucket).name)
+                active = keyset.active(class_id)
+            except (VeilError, KeyError):
+                return
+            if parsed.class_id == class_id and parsed.version == active.version:
+                return
+        lazy.note((bucket, key))
+
     async def run_periodic(self, every: float = AUDIT_WINDOW) -> None:
         while True:
             await asyncio.sleep(every)

@@ -263,6 +263,7 @@ async def _get_whole(call: Call) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers=_multi(headers))
     response.content_length = size
     deps.count_decrypt(parsed.version)
+    deps.note_read(call.bucket, call.key, parsed, call.s3.version_id)
     return await relay_plaintext(
         call, upstream, decryptor, response, lambda e: _failed(call, obj, e)
     )
@@ -286,6 +287,7 @@ async def _legacy(call: Call, upstream: aiohttp.ClientResponse) -> web.StreamRes
         upstream.close()
         raise legacy_refused()
     call.deps.ctx.metrics.hot.decrypts[("s3", "plaintext")] += 1
+    call.deps.note_read(call.bucket, call.key, None, call.s3.version_id)
     pairs = raw_headers(upstream)
     headers = client_headers(pairs)
     for name, value in pairs:
@@ -374,6 +376,7 @@ async def _get_range(call: Call) -> web.StreamResponse:
     response = web.StreamResponse(status=status, headers=_multi(headers))
     response.content_length = length
     deps.count_decrypt(parsed.version)
+    deps.note_read(call.bucket, call.key, parsed, call.s3.version_id)
     return await relay_plaintext(
         call, upstream, decryptor, response, lambda e: _failed(call, obj, e)
     )
