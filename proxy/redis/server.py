@@ -25,6 +25,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Coroutine
+from itertools import compress
 from typing import Any
 
 from proxy.config import is_loopback
@@ -196,13 +197,19 @@ class RespServer:
 
     def collect(self, conn: ClientConnection) -> None:
         """Moves a connection's per-row counters into ``veil_requests_total``."""
-        counts, errors, refused = conn.take_counts()
+        taken = conn.take_counts()
+        if taken is None:
+            return
+        counts, errors, refused = taken
         labels = self.dispatch.table.labels
         requests = self.metrics.hot.requests
         refused_outcome = "would_refuse" if self.observe else "refused"
-        for idx, n in enumerate(counts):
-            if not n:
-                continue
+        rows = range(len(counts))
+        # only the rows that moved (C-level scans); an error may arrive in the window after
+        # its command was counted, so rows with errors or refusals alone count too
+        touched = {*compress(rows, counts), *compress(rows, errors), *compress(rows, refused)}
+        for idx in touched:
+            n = counts[idx]
             label = labels[idx] if idx < len(labels) else "other"
             bad = errors[idx] + refused[idx]
             if n > bad:
