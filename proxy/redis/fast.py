@@ -7,7 +7,8 @@ microsecond per *read* does (PERF-NOTES). The general path (``protocols.resp`` d
 ``Dispatcher``, ``transform``) is exact for every command and every byte split, but costs
 several microseconds per chunk and per command. Most traffic is simple: a chunk of whole
 commands of a few shapes. For those, this module does what the general path would do, with
-the same results (``tests/unit/test_redis_fast.py`` compares them), in a fraction of the time.
+the same results (``tests/integration/test_redis_fast.py`` compares them), in a fraction of
+the time.
 
 Planners
 --------
