@@ -453,4 +453,6 @@ async def test_an_operators_pending_version_is_left_to_the_operator(rig: Rig) ->
     await rig.runtime.heartbeat()
     await rig.engine(rotation_periods={"default": 1.0}).tick()
     assert [v.state.value for v in rig.runtime.keyset.keyring.cls("default").versions] == [
-        "active", "pending"]
+        "active",
+        "pending",
+    ]
