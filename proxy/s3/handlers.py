@@ -141,17 +141,53 @@ async def not_implemented(call: Call) -> web.StreamResponse:
     raise S3Error("NotImplemented", call.s3.reason or None)
 
 
+# conditions a client can put on a copy; without any, a 412 can only be veil's own pin on the
+# source's ETag (the source changed between veil's HEAD and its read: a client write, or the
+# migration rewrapping or re-encrypting it)
+_CLIENT_CONDITIONS = frozenset(
+    {
+        "if-match",
+        "if-none-match",
+        "x-amz-copy-source-if-match",
+        "x-amz-copy-source-if-none-match",
+        "x-amz-copy-source-if-modified-since",
+        "x-amz-copy-source-if-unmodified-since",
+    }
+)
+
+
+def retry_moved_source(handler: Handler, attempts: int = 3) -> Handler:
+    """Runs a copy again when its source changed under it and the client set no condition:
+    nothing was written (the store refused the conditional copy or read before any body), and
+    the client asked for a copy of the object, not of one version of its ciphertext."""
+
+    async def run(call: Call) -> web.StreamResponse:
+        for attempt in range(attempts):
+            try:
+                return await handler(call)
+            except S3Error as e:
+                if (
+                    e.code != "PreconditionFailed"
+                    or attempt == attempts - 1
+                    or any(name in _CLIENT_CONDITIONS for name, _ in call.head.headers)
+                ):
+                    raise
+        raise AssertionError("unreachable")
+
+    return run
+
+
 HANDLERS: dict[Operation, Handler] = {
     **dict.fromkeys(PASSTHROUGH, passthrough),
     Operation.GET_OBJECT: get_object,
     Operation.HEAD_OBJECT: head_object_handler,
     Operation.PUT_OBJECT: put_object,
-    Operation.COPY_OBJECT: copy_object,
+    Operation.COPY_OBJECT: retry_moved_source(copy_object),
     Operation.DELETE_OBJECT: delete_object,
     Operation.DELETE_OBJECTS: passthrough,
     Operation.CREATE_MULTIPART_UPLOAD: create_multipart_upload,
     Operation.UPLOAD_PART: upload_part,
-    Operation.UPLOAD_PART_COPY: upload_part_copy,
+    Operation.UPLOAD_PART_COPY: retry_moved_source(upload_part_copy),
     Operation.COMPLETE_MULTIPART_UPLOAD: complete_multipart_upload,
     Operation.ABORT_MULTIPART_UPLOAD: abort_multipart_upload,
     Operation.LIST_PARTS: list_parts,

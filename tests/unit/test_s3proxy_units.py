@@ -174,3 +174,31 @@ def test_target_encoding_and_upstream_errors() -> None:
 def test_sizes_stay_consistent_with_the_crypto_layer() -> None:
     for size in (0, 1, SEGMENT, SEGMENT + 1):
         assert stored_size(size) >= size + 16
+
+
+@pytest.mark.parametrize("condition", [None, "x-amz-copy-source-if-match", "if-none-match"])
+async def test_a_copy_whose_source_moved_runs_again_unless_the_client_set_a_condition(
+    condition: str | None,
+) -> None:
+    """veil pins a copy's source to the ETag it read; when the store refuses that pin (the
+    source was rewritten meanwhile -- by a client or by the migration), the copy runs again,
+    unless the 412 may be the client's own."""
+    from types import SimpleNamespace
+
+    headers = (("host", "x"),) if condition is None else (("host", "x"), (condition, '"e"'))
+    call = SimpleNamespace(head=RequestHead("PUT", "/b/k", headers=headers))
+    runs: list[int] = []
+
+    async def copy(call: object) -> str:
+        runs.append(1)
+        if len(runs) < 3:
+            raise S3Error("PreconditionFailed")
+        return "copied"
+
+    run = handlers.retry_moved_source(copy)  # type: ignore[arg-type]
+    if condition is None:
+        assert await run(call) == "copied" and len(runs) == 3  # type: ignore[arg-type]
+    else:
+        with pytest.raises(S3Error):
+            await run(call)  # type: ignore[arg-type]
+        assert len(runs) == 1
