@@ -99,6 +99,9 @@ def s3_upstream() -> Iterator[str]:
         from moto.server import ThreadedMotoServer
     except ImportError:
         raise ConfigError("veil demo needs the demo extra (pip install -e '.[demo]')") from None
+    from proxy import _moto_conditions
+
+    _moto_conditions.install()  # the rewrap's pinned self-copy, as S3 answers it
     port = port_or_free(5000)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -158,6 +158,9 @@ def redis_url(redis_server: RedisServer) -> str:
 def moto_server() -> Iterator[MotoServer]:
     from moto.server import ThreadedMotoServer
 
+    from proxy import _moto_conditions
+
+    _moto_conditions.install()  # conditional copies as S3 answers them
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     port = free_port()

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from protocols.s3.errors import S3Error
 from proxy import wiring
 from proxy.app import App
 from proxy.config import Settings
@@ -209,3 +210,26 @@ def test_noncurrent_versions_block_completion(rig: Rig, moto_server: MotoServer)
     kr = rig.run(rig.ops().load())
     assert kr.cls("default").find(KeyKind.MASTER, 1).migration_complete is None  # type: ignore[union-attr]
     assert veil.get_object(Bucket="ver", Key="k")["Body"].read() == b"first"
+
+
+def test_a_client_write_racing_a_rewrap_wins(rig: Rig, moto_server: MotoServer) -> None:
+    """The rewrap pins its self-copy to the ETag it read: a client PUT that lands between the
+    walker's HEAD and its copy makes the copy fail (412), never pairs the old object's wrapped
+    key with the new body. The next pass finds the new object current."""
+    from proxy.rotation.s3_walk import S3Walker
+    from proxy.s3.store import head_object
+
+    raw = direct(moto_server)
+    raw.create_bucket(Bucket="race")
+    client = s3_client(rig.url)
+    client.put_object(Bucket="race", Key="k", Body=b"first" * 1000)
+    rig.rotate()
+    assert rig.ctx is not None
+    deps = rig.ctx.listeners["s3"].deps  # type: ignore[attr-defined]
+    walker = S3Walker(deps)
+    stale = rig.run(head_object(deps, "race", "k"))  # what the walker read ...
+    client.put_object(Bucket="race", Key="k", Body=b"second" * 1000)  # ... then a client wrote
+    with pytest.raises(S3Error) as e:
+        rig.run(walker.rewrap("race", "k", stale))
+    assert e.value.code == "PreconditionFailed"
+    assert client.get_object(Bucket="race", Key="k")["Body"].read() == b"second" * 1000
