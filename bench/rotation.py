@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -83,8 +84,11 @@ async def bench_s3(tmp: Path, objects: int, big: int) -> None:
     import boto3
     from moto.server import ThreadedMotoServer
 
+    from proxy import _moto_conditions
     from proxy.app import App
 
+    _moto_conditions.install()  # copy conditions as S3 checks them (as veil demo and tests do)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
     moto_port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     moto.start()
