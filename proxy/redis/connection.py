@@ -157,6 +157,26 @@ class ClientConnection(asyncio.Protocol):
         self.send_upstream(data)
         self._sent(len(plans))
 
+    def apply_one(self, plan: fast.Plan, data: bytes) -> None:
+        """``apply`` for a chunk of one planned command."""
+        kind = plan.__class__
+        if kind is bytes:  # a SET with its value sealed
+            self.counts[self.set_idx] += 1
+            self.pending.append(self.set_idx)
+            data = plan  # type: ignore[assignment]
+        else:
+            self.counts[plan[2] if kind is tuple else plan] += 1  # type: ignore[index]
+            self.pending.append(plan)  # type: ignore[arg-type]
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.write(data)
+        else:
+            self.send_upstream(data)
+        if self.sample is None:
+            self._sent(1)
+        else:
+            self.sent += 1
+
     def _sent(self, count: int) -> None:
         """Counts planned commands; one in ``SAMPLE_EVERY`` batches has its latency observed."""
         if self.sample is None:
@@ -478,7 +498,10 @@ class ClientConnection(asyncio.Protocol):
 
     def write_replies(self, data: bytes, count: int) -> None:
         """One client write for a chunk of replies (and local replies queued behind them)."""
-        self._replied(count)
+        if self.sample is None:
+            self.done += count
+        else:
+            self._replied(count)
         if self.out:
             self.out.append(data)
             self.flush_client()

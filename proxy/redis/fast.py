@@ -142,16 +142,28 @@ def requests(conn: ClientConnection, data: bytes) -> bool:
     """Plans and forwards a chunk of whole, simple commands; False: the general path's chunk."""
     reader = conn.raw_requests
     reader.feed(data)
+    planners = conn.fast
+    assert planners is not None
     try:
-        commands = list(iter(reader.gets, False))
+        first = reader.gets()
+        if first.__class__ is list and first and not reader.has_data():
+            # one whole command (pipeline depth 1: most traffic) -- no lists to build
+            planner = planners.get(first[0])
+            plan = planner(first) if planner is not None else None
+            if plan is None:
+                return False
+            conn.apply_one(plan, data)
+            return True
+        commands = [first, *iter(reader.gets, False)] if first is not False else []
+    except (TypeError, AttributeError):  # not an array of bulk strings
+        conn.raw_requests = hiredis.Reader()
+        return False
     except Exception:  # hiredis refused it: the general path words Redis's error
         conn.raw_requests = hiredis.Reader()
         return False
     if reader.has_data() or not commands:
         conn.raw_requests = hiredis.Reader()
         return False
-    planners = conn.fast
-    assert planners is not None
     plans: list[Plan] = []
     try:
         for cmd in commands:
@@ -170,12 +182,20 @@ def replies(conn: ClientConnection, data: bytes) -> bool:
     """Answers a chunk of whole replies to plans; False: the general path's chunk."""
     reader = conn.raw_replies
     reader.feed(data)
+    pending = conn.pending
     try:
-        values = list(iter(reader.gets, False))
+        value = reader.gets()
+        if value is not False and not reader.has_data():  # one whole reply (depth 1)
+            kind = pending[0].__class__
+            if kind is int and value.__class__ is not _ReplyError:
+                pending.popleft()
+                conn.write_replies(data, 1)
+                return True
+            return kind is tuple and _open_one(conn, value)
+        values = [value, *iter(reader.gets, False)] if value is not False else []
     except Exception:
         conn.raw_replies = hiredis.Reader()
         return False
-    pending = conn.pending
     count = len(values)
     if reader.has_data() or not count or count > len(pending):
         conn.raw_replies = hiredis.Reader()
@@ -194,7 +214,36 @@ def replies(conn: ClientConnection, data: bytes) -> bool:
         return True
     if first is not tuple:
         return False
+    if count == 1:
+        return _open_one(conn, values[0])
     return _open_strings(conn, values, count)
+
+
+def _open_one(conn: ClientConnection, value: Any) -> bool:
+    """``_open_strings`` for the one reply of a chunk (pipeline depth 1: most traffic)."""
+    pending = conn.pending
+    item: Any = pending[0]  # a GET plan: (key info, key, row index)
+    if value.__class__ is bytes:
+        cipher = conn.cipher
+        try:
+            if value[:3] == MAGIC:
+                state = item[0].ns
+                plain, version = cipher.opener().open(value, state.contexts[Role.STRING])
+                cipher.decrypts[version] += 1
+                if version != state.active_master and cipher.on_stale is not None:
+                    cipher.on_stale(cipher.db, item[1], Role.STRING)
+            else:
+                plain = cipher.open_string(item[0], value, item[1])
+        except Exception:  # a failure to open: the general path answers it in the reply's slot
+            return False
+        reply = b"$%d\r\n%s\r\n" % (len(plain), plain)
+    elif value is None:
+        reply = b"$-1\r\n"
+    else:
+        return False
+    pending.popleft()
+    conn.write_replies(reply, 1)
+    return True
 
 
 def _open_strings(conn: ClientConnection, values: list[Any], count: int) -> bool:
