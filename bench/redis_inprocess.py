@@ -1,0 +1,194 @@
+"""The RESP fast path's own cost per command, without sockets, beside the floor proxy's logic.
+
+    python3 bench/redis_inprocess.py [--rounds 7]
+
+``bench/redis_proxy.py`` measures what clients see; on two shared cores most of that is kernel
+time, the same for every proxy. This script isolates the interpreter work: one veil
+``ClientConnection`` (a real listener's, built by ``App``) is fed GET and SET chunks at pipeline
+depth 1 and 16 and answered with the replies Redis would send, its transports replaced by sinks;
+the floor proxy's request and reply logic (hiredis parse, AES-GCM, re-encode) gets the same
+chunks. It prints microseconds per command, best of ``--rounds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hiredis
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+KEY = b"key:__rand_int__"
+GET = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(KEY), KEY)
+SET = b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$100\r\n%s\r\n" % (len(KEY), KEY, b"x" * 100)
+
+
+class Sink:
+    """A transport that drops what is written."""
+
+    closed = False
+
+    def write(self, data: bytes) -> None:
+        self.last = data
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        pass
+
+    def set_write_buffer_limits(self, *args: Any) -> None:
+        pass
+
+    def get_extra_info(self, *args: Any, **kw: Any) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def per_command(step: Callable[[], None], depth: int, n: int, rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(n):
+            step()
+        best = min(best, (time.perf_counter() - t) / (n * depth) * 1e6)
+    return best
+
+
+async def veil(rounds: int) -> dict[tuple[int, str], float]:
+    from proxy.app import App
+    from proxy.redis.connection import ClientConnection
+    from tests.servers import init_keyring, veil_settings
+
+    tmp = Path(tempfile.mkdtemp(prefix="veil-bench-inproc-"))
+    settings: Any = veil_settings(
+        tmp, redis={"listen": "127.0.0.1:0", "upstream": "redis://127.0.0.1:1/0"},
+        admin={"listen": "off"},
+    )  # fmt: skip
+    await init_keyring(settings)
+    app = App(settings, migrate=False)
+    ctx = await app.start()
+    server: Any = ctx.listeners["resp"]
+    conn = ClientConnection(server)
+    conn.transport = Sink()  # type: ignore[assignment]
+    upstream = Sink()
+    conn.upstream, conn.established = upstream, True  # type: ignore[assignment]
+    server.connections.add(conn)
+    for _ in range(2):  # the first SET classifies the key (general path); then the fast path
+        conn.data_received(SET)
+        conn.upstream_data(b"+OK\r\n")
+    reader = hiredis.Reader()
+    reader.feed(upstream.last)
+    sealed = reader.gets()[2]
+    get_reply = b"$%d\r\n%s\r\n" % (len(sealed), sealed)
+    out = {}
+    for depth in (1, 16):
+        n = 50_000 // depth
+        gq, gr = GET * depth, get_reply * depth
+        sq, sr = SET * depth, b"+OK\r\n" * depth
+
+        def get(gq: bytes = gq, gr: bytes = gr) -> None:
+            conn.data_received(gq)
+            conn.upstream_data(gr)
+
+        def set_(sq: bytes = sq, sr: bytes = sr) -> None:
+            conn.data_received(sq)
+            conn.upstream_data(sr)
+
+        out[(depth, "GET")] = per_command(get, depth, n, rounds)
+        out[(depth, "SET")] = per_command(set_, depth, n, rounds)
+    await app.stop(grace=0.1)
+    return out
+
+
+def floor(rounds: int) -> dict[tuple[int, str], float]:
+    """bench/redis_proxy.py's floor proxy logic, on the same chunks."""
+    aead = AESGCM(AESGCM.generate_key(bit_length=256))
+    prefix, counter = os.urandom(4), itertools.count()
+    pack = hiredis.pack_command
+    pending: deque[bool] = deque()
+    requests, replies, sink = hiredis.Reader(), hiredis.Reader(), Sink()
+
+    def seal(value: bytes) -> bytes:
+        nonce = prefix + next(counter).to_bytes(8, "big")
+        return nonce + aead.encrypt(nonce, value, None)
+
+    def request(data: bytes) -> None:
+        requests.feed(data)
+        out = []
+        while (cmd := requests.gets()) is not False:
+            name = cmd[0].upper()
+            if name == b"SET":
+                cmd[2] = seal(cmd[2])
+            pending.append(name == b"GET")
+            out.append(pack(tuple(cmd)))
+        sink.write(b"".join(out))
+
+    def reply(data: bytes) -> None:
+        replies.feed(data)
+        out = []
+        while (value := replies.gets()) is not False:
+            if pending.popleft() and value.__class__ is bytes:
+                plain = aead.decrypt(value[:12], value[12:], None)
+                out.append(b"$%d\r\n%s\r\n" % (len(plain), plain))
+            elif value.__class__ is bytes:
+                out.append(b"+%s\r\n" % value)
+            elif value is None:
+                out.append(b"$-1\r\n")
+        sink.write(b"".join(out))
+
+    sealed = seal(b"x" * 100)
+    get_reply = b"$%d\r\n%s\r\n" % (len(sealed), sealed)
+    out = {}
+    for depth in (1, 16):
+        n = 50_000 // depth
+        gq, gr = GET * depth, get_reply * depth
+        sq, sr = SET * depth, b"+OK\r\n" * depth
+
+        def get(gq: bytes = gq, gr: bytes = gr) -> None:
+            request(gq)
+            reply(gr)
+
+        def set_(sq: bytes = sq, sr: bytes = sr) -> None:
+            request(sq)
+            reply(sr)
+
+        out[(depth, "GET")] = per_command(get, depth, n, rounds)
+        out[(depth, "SET")] = per_command(set_, depth, n, rounds)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        ours = uvloop.run(veil(args.rounds))
+    except ImportError:
+        ours = asyncio.run(veil(args.rounds))
+    theirs = floor(args.rounds)
+    print(f"\n{'case':<16}{'veil us/cmd':>12}{'floor us/cmd':>14}{'veil/floor cost':>17}")
+    for depth in (1, 16):
+        for cmd in ("GET", "SET"):
+            v, f = ours[(depth, cmd)], theirs[(depth, cmd)]
+            print(f"{cmd + ' depth ' + str(depth):<16}{v:>12.2f}{f:>14.2f}{v / f:>17.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
