@@ -74,40 +74,23 @@ class Context:
     lazy: dict[str, Any] = field(default_factory=dict)
 
 
-def lazy_redis(
-    engine: Any, migrator: Any
-) -> Callable[[list[tuple[int, bytes]]], Coroutine[Any, Any, None]]:
-    """Rewrites a batch of (db, key) items the read path met on old versions."""
+def lazy_rewriter(
+    engine: Any, store: str, migrate: Callable[..., Coroutine[Any, Any, None]]
+) -> Callable[[list[tuple[Any, Any]]], Coroutine[Any, Any, None]]:
+    """Rewrites a batch of ``(where, key)`` items the read path met on old versions: Redis
+    ``(db, key)`` with ``RedisMigrator.migrate_keys``, S3 ``(bucket, key)`` with
+    ``S3Walker.migrate_objects`` -- the walk's own compare-and-set writes."""
     from proxy.rotation.redis_walk import Tally
 
-    async def handle(items: list[tuple[int, bytes]]) -> None:
+    async def handle(items: list[tuple[Any, Any]]) -> None:
         plan = engine.plan(engine.runtime.keyset.keyring)[0]
-        by_db: dict[int, list[bytes]] = {}
-        for db, key in items:
-            by_db.setdefault(db, []).append(key)
-        for db, keys in by_db.items():
+        groups: dict[Any, list[Any]] = {}
+        for where, key in items:
+            groups.setdefault(where, []).append(key)
+        for where, keys in groups.items():
             tally = Tally()
-            await migrator.migrate_keys(db, keys, plan, tally)
-            engine._count("redis", tally)
-
-    return handle
-
-
-def lazy_s3(
-    engine: Any, walker: Any
-) -> Callable[[list[tuple[str, str]]], Coroutine[Any, Any, None]]:
-    """Rewraps a batch of (bucket, key) objects the read path met on old versions."""
-    from proxy.rotation.redis_walk import Tally
-
-    async def handle(items: list[tuple[str, str]]) -> None:
-        plan = engine.plan(engine.runtime.keyset.keyring)[0]
-        by_bucket: dict[str, list[str]] = {}
-        for bucket, key in items:
-            by_bucket.setdefault(bucket, []).append(key)
-        for bucket, keys in by_bucket.items():
-            tally = Tally()
-            await walker.migrate_objects(bucket, keys, plan, tally)
-            engine._count("s3", tally)
+            await migrate(where, keys, plan, tally)
+            engine._count(store, tally)
 
     return handle
 
@@ -232,7 +215,10 @@ class App:
             # reads that meet an old version queue the object (s3.deps.note_read)
             lazy: LazyQueue[tuple[str, str]] = LazyQueue("s3", ctx.metrics)
             ctx.lazy["s3"] = lazy
-            task = lazy.run(lazy_s3(ctx.engine, walker), allowed=ctx.engine.lazy_allowed)
+            task = lazy.run(
+                lazy_rewriter(ctx.engine, "s3", walker.migrate_objects),
+                allowed=ctx.engine.lazy_allowed,
+            )
             self._tasks.append(asyncio.create_task(task, name="veil-lazy-s3"))
         return ctx
 
@@ -281,7 +267,7 @@ class App:
             clock=ctx.clock,
         )
         if "redis" in ctx.lazy:
-            handle = lazy_redis(engine, migrator)
+            handle = lazy_rewriter(engine, "redis", migrator.migrate_keys)
             task = ctx.lazy["redis"].run(handle, allowed=engine.lazy_allowed)
             self._tasks.append(asyncio.create_task(task, name="veil-lazy-redis"))
         return engine
