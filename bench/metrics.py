@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -96,16 +95,13 @@ def veil_cpu_per_command(requests: int) -> float | None:
     """veil's CPU per command (us) under redis-benchmark SET/GET -P 16, measured here."""
     if shutil.which("redis-benchmark") is None or shutil.which("redis-server") is None:
         return None
-    from redis_proxy import cpu_seconds, free_port, start_veil, wait_port
+    from redis_proxy import cpu_seconds, free_port, start_redis, start_veil, stop_all
 
     work = Path(tempfile.mkdtemp(prefix="veil-bench-metrics-"))
     rport, vport = free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        redis_cmd = ["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no",
-                     "--dir", str(work)]  # fmt: skip
-        procs.append(subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL))
-        wait_port(rport)
+        procs.append(start_redis(work, rport))
         veil = start_veil(work, rport, vport)
         procs.append(veil)
         time.sleep(0.5)
@@ -117,14 +113,7 @@ def veil_cpu_per_command(requests: int) -> float | None:
         )  # fmt: skip
         return (cpu_seconds(veil.pid) - before) / (2 * requests) * 1e6
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(procs, work)
 
 
 def main() -> int:

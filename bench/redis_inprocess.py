@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
-import os
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hiredis
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 KEY = b"key:__rand_int__"
 GET = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(KEY), KEY)
@@ -115,42 +112,11 @@ async def veil(rounds: int) -> dict[tuple[int, str], float]:
 
 
 def floor(rounds: int) -> dict[tuple[int, str], float]:
-    """bench/redis_proxy.py's floor proxy logic, on the same chunks."""
-    aead = AESGCM(AESGCM.generate_key(bit_length=256))
-    prefix, counter = os.urandom(4), itertools.count()
-    pack = hiredis.pack_command
-    pending: deque[bool] = deque()
-    requests, replies, sink = hiredis.Reader(), hiredis.Reader(), Sink()
+    """``bench/redis_proxy.py``'s floor proxy logic (``FloorConnection``), on the same chunks."""
+    from redis_proxy import FloorConnection, floor_key
 
-    def seal(value: bytes) -> bytes:
-        nonce = prefix + next(counter).to_bytes(8, "big")
-        return nonce + aead.encrypt(nonce, value, None)
-
-    def request(data: bytes) -> None:
-        requests.feed(data)
-        out = []
-        while (cmd := requests.gets()) is not False:
-            name = cmd[0].upper()
-            if name == b"SET":
-                cmd[2] = seal(cmd[2])
-            pending.append(name == b"GET")
-            out.append(pack(tuple(cmd)))
-        sink.write(b"".join(out))
-
-    def reply(data: bytes) -> None:
-        replies.feed(data)
-        out = []
-        while (value := replies.gets()) is not False:
-            if pending.popleft() and value.__class__ is bytes:
-                plain = aead.decrypt(value[:12], value[12:], None)
-                out.append(b"$%d\r\n%s\r\n" % (len(plain), plain))
-            elif value.__class__ is bytes:
-                out.append(b"+%s\r\n" % value)
-            elif value is None:
-                out.append(b"$-1\r\n")
-        sink.write(b"".join(out))
-
-    sealed = seal(b"x" * 100)
+    conn = FloorConnection(*floor_key())
+    sealed = conn.seal(b"x" * 100)
     get_reply = b"$%d\r\n%s\r\n" % (len(sealed), sealed)
     out = {}
     for depth in (1, 16):
@@ -159,12 +125,12 @@ def floor(rounds: int) -> dict[tuple[int, str], float]:
         sq, sr = SET * depth, b"+OK\r\n" * depth
 
         def get(gq: bytes = gq, gr: bytes = gr) -> None:
-            request(gq)
-            reply(gr)
+            conn.request(gq)
+            conn.reply(gr)
 
         def set_(sq: bytes = sq, sr: bytes = sr) -> None:
-            request(sq)
-            reply(sr)
+            conn.request(sq)
+            conn.reply(sr)
 
         out[(depth, "GET")] = per_command(get, depth, n, rounds)
         out[(depth, "SET")] = per_command(set_, depth, n, rounds)

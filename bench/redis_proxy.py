@@ -36,8 +36,10 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CASES = [(1, 100), (16, 100), (1, 4096), (16, 4096)]
 TARGETS = ("direct", "veil", "floor")
@@ -46,49 +48,80 @@ TARGETS = ("direct", "veil", "floor")
 # --- the floor proxy -------------------------------------------------------------------------
 
 
-def run_floor(listen: int, upstream: int) -> None:
-    """Runs the floor proxy until killed (``--floor LISTEN UPSTREAM``)."""
-    import hiredis
-    import uvloop
+class FloorConnection:
+    """The floor's whole per-connection logic, without I/O (``bench/redis_inprocess.py`` runs
+    it on the same chunks as veil): hiredis parse, AES-GCM with a random prefix and a counter
+    nonce on SET values and GET replies, every command and reply re-encoded."""
+
+    def __init__(self, aead: Any, prefix: bytes, counter: Iterator[int]) -> None:
+        import hiredis
+
+        self.aead, self.prefix, self.counter = aead, prefix, counter
+        self.pack = hiredis.pack_command
+        self.requests, self.replies = hiredis.Reader(), hiredis.Reader()
+        self.pending: deque[bool] = deque()
+
+    def seal(self, value: bytes) -> bytes:
+        nonce = self.prefix + next(self.counter).to_bytes(8, "big")
+        return bytes(nonce + self.aead.encrypt(nonce, value, None))
+
+    def request(self, data: bytes) -> bytes:
+        """Client bytes -> the bytes for Redis."""
+        reader, pending, pack = self.requests, self.pending, self.pack
+        reader.feed(data)
+        out = []
+        while (cmd := reader.gets()) is not False:
+            name = cmd[0].upper()
+            if name == b"SET":
+                cmd[2] = self.seal(cmd[2])
+            pending.append(name == b"GET")
+            out.append(pack(tuple(cmd)))
+        return b"".join(out)
+
+    def reply(self, data: bytes) -> bytes:
+        """Redis's bytes -> the bytes for the client."""
+        reader, pending, aead = self.replies, self.pending, self.aead
+        reader.feed(data)
+        out = []
+        while (value := reader.gets()) is not False:
+            if pending.popleft() and value.__class__ is bytes:  # a GET reply: open it
+                plain = aead.decrypt(value[:12], value[12:], None)
+                out.append(b"$%d\r\n%s\r\n" % (len(plain), plain))
+            elif value.__class__ is bytes:
+                out.append(b"+%s\r\n" % value)
+            elif value is None:
+                out.append(b"$-1\r\n")
+            elif value.__class__ is int:
+                out.append(b":%d\r\n" % value)
+            else:
+                out.append(b"-%s\r\n" % str(value).encode())
+        return b"".join(out)
+
+
+def floor_key() -> tuple[Any, bytes, Iterator[int]]:
+    """One AES-GCM key, nonce prefix and counter for a floor process."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    aead = AESGCM(AESGCM.generate_key(bit_length=256))
-    prefix = os.urandom(4)
-    counter = iter(range(1 << 62))
-    pack = hiredis.pack_command
+    return AESGCM(AESGCM.generate_key(bit_length=256)), os.urandom(4), iter(range(1 << 62))
 
-    def seal(value: bytes) -> bytes:
-        nonce = prefix + next(counter).to_bytes(8, "big")
-        return nonce + aead.encrypt(nonce, value, None)
+
+def run_floor(listen: int, upstream: int) -> None:
+    """Runs the floor proxy until killed (``--floor LISTEN UPSTREAM``)."""
+    import uvloop
+
+    key = floor_key()
 
     class Up(asyncio.Protocol):
         def __init__(self, client: Client) -> None:
             self.client = client
-            self.reader = hiredis.Reader()
 
         def data_received(self, data: bytes) -> None:
-            reader, pending = self.reader, self.client.pending
-            reader.feed(data)
-            out = []
-            while (value := reader.gets()) is not False:
-                if pending.popleft() and value.__class__ is bytes:  # a GET reply: open it
-                    plain = aead.decrypt(value[:12], value[12:], None)
-                    out.append(b"$%d\r\n%s\r\n" % (len(plain), plain))
-                elif value.__class__ is bytes:
-                    out.append(b"+%s\r\n" % value)
-                elif value is None:
-                    out.append(b"$-1\r\n")
-                elif value.__class__ is int:
-                    out.append(b":%d\r\n" % value)
-                else:
-                    out.append(b"-%s\r\n" % str(value).encode())
-            self.client.transport.write(b"".join(out))
+            self.client.transport.write(self.client.codec.reply(data))
 
     class Client(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.transport = transport  # type: ignore[assignment]
-            self.reader = hiredis.Reader()
-            self.pending: deque[bool] = deque()
+            self.codec = FloorConnection(*key)
             self.up: asyncio.Transport | None = None
             self.queue: list[bytes] = []
             self.connecting = asyncio.ensure_future(self.connect())
@@ -100,16 +133,7 @@ def run_floor(listen: int, upstream: int) -> None:
                 self.up.write(b"".join(self.queue))
 
         def data_received(self, data: bytes) -> None:
-            reader, pending = self.reader, self.pending
-            reader.feed(data)
-            out = []
-            while (cmd := reader.gets()) is not False:
-                name = cmd[0].upper()
-                if name == b"SET":
-                    cmd[2] = seal(cmd[2])
-                pending.append(name == b"GET")
-                out.append(pack(tuple(cmd)))
-            data = b"".join(out)
+            data = self.codec.request(data)
             if self.up is None:
                 self.queue.append(data)
             else:
@@ -122,6 +146,28 @@ def run_floor(listen: int, upstream: int) -> None:
             await asyncio.Event().wait()
 
     uvloop.run(main())
+
+
+def start_redis(work: Path, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(work)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(port)
+    return proc
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], work: Path) -> None:
+    """SIGTERM each process (SIGKILL after 20 s), then remove ``work``."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 # --- harness ---------------------------------------------------------------------------------
@@ -208,13 +254,7 @@ def main() -> int:
     ports = {"direct": free_port(), "veil": free_port(), "floor": free_port()}
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        redis_server = subprocess.Popen(
-            ["redis-server", "--port", str(ports["direct"]), "--save", "", "--appendonly", "no",
-             "--dir", str(work)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        procs.append(redis_server)
-        wait_port(ports["direct"])
+        procs.append(start_redis(work, ports["direct"]))
         veil = start_veil(work, ports["direct"], ports["veil"])
         procs.append(veil)
         floor = subprocess.Popen(
@@ -225,14 +265,7 @@ def main() -> int:
         results = run_rounds(args, ports, {"veil": veil.pid, "floor": floor.pid})
         report(results, args)
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(procs, work)
     return 0
 
 
