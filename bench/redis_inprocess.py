@@ -36,6 +36,10 @@ class Sink:
 
     closed = False
 
+    @property
+    def transport(self) -> Sink:  # as an ``Upstream``: its transport
+        return self
+
     def write(self, data: bytes) -> None:
         self.last = data
 

@@ -99,7 +99,9 @@ class ClientConnection(asyncio.Protocol):
         self.state = session.State()
         # planners of the fast path; None: the general path only (observe, MULTI, CLIENT REPLY)
         self.fast: dict[bytes, fast.Planner] | None = None if self.observe else server.fast
-        self.raw_requests = hiredis.Reader()  # fast.requests
+        self.chunk_requests = server.chunk_requests  # compiled, or fast.requests
+        self.chunk_replies = server.chunk_replies
+        self.raw_requests = hiredis.Reader()  # fast.requests (the Python chunk functions)
         self.raw_replies = hiredis.Reader()  # fast.replies
         self.req_idle = True  # the request decoder holds no partial command
         self.rep_idle = True
@@ -123,7 +125,7 @@ class ClientConnection(asyncio.Protocol):
             and self.blocked is None
             and data[:1] == b"*"
             and len(data) <= fast.MAX_CHUNK
-            and fast.requests(self, data)
+            and self.chunk_requests(self, data)
         ):
             return
         self.req.feed(data)
@@ -451,7 +453,7 @@ class ClientConnection(asyncio.Protocol):
             and self.pending
             and not (state.protocol == 3 or state.pubsub_mode)
             and len(data) <= fast.MAX_CHUNK
-            and fast.replies(self, data)
+            and self.chunk_replies(self, data)
         ):
             return
         rep = self.rep

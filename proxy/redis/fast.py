@@ -85,6 +85,34 @@ def build(table: Table, cipher: Cipher) -> dict[bytes, Planner]:
     return planners
 
 
+ChunkFunction = Callable[["ClientConnection", bytes], bool]
+
+
+def chunk_functions(
+    table: Table, cipher: Cipher, native: bool = True
+) -> tuple[ChunkFunction, ChunkFunction]:
+    """The whole-chunk functions ``(requests, replies)``: the compiled ones
+    (``proxy.redis._fastc``) when the package was built with them and ``native``, else this
+    module's. Both take the same chunks and give the same results."""
+    if native:
+        try:
+            from proxy.redis import _fastc
+        except ImportError:
+            pass
+        else:
+            specs = {}
+            for name in _single_key(table):
+                if name not in ("get", "set"):
+                    row = table.rows[name]
+                    specs[name.encode()] = specs[name.upper().encode()] = (row.index, row.arity)
+            chunks = _fastc.Chunks(
+                cipher._keys, specs, table.rows["get"].index, table.rows["set"].index,
+                cipher, Role.STRING,
+            )  # fmt: skip
+            return chunks.requests, chunks.replies
+    return requests, replies
+
+
 def _plain(keys: dict[bytes, Any], row: Any) -> Planner:
     idx: int = row.index
     arity: int = row.arity
@@ -138,6 +166,26 @@ def _set(keys: dict[bytes, Any], idx: int, cipher: Cipher) -> Planner:
 # --- whole chunks ------------------------------------------------------------------------------
 
 
+_PROBE: Final = b"+\r\n"
+
+
+def _whole(reader: Any) -> bool:
+    """Whether ``reader`` (every complete value taken) holds no partial value.
+
+    ``has_data()`` is not enough: hiredis consumes a value's type byte, and an array's header,
+    before the rest of the value has arrived. A probe reply comes back alone, and leaves the
+    reader empty, only if nothing was in progress; otherwise it completes or corrupts the
+    partial value (and the caller resets the reader).
+    """
+    if reader.has_data():
+        return False
+    reader.feed(_PROBE)
+    try:
+        return reader.gets() == b"" and not reader.has_data()
+    except Exception:
+        return False
+
+
 def requests(conn: ClientConnection, data: bytes) -> bool:
     """Plans and forwards a chunk of whole, simple commands; False: the general path's chunk."""
     reader = conn.raw_requests
@@ -145,23 +193,10 @@ def requests(conn: ClientConnection, data: bytes) -> bool:
     planners = conn.fast
     assert planners is not None
     try:
-        first = reader.gets()
-        if first.__class__ is list and first and not reader.has_data():
-            # one whole command (pipeline depth 1: most traffic) -- no lists to build
-            planner = planners.get(first[0])
-            plan = planner(first) if planner is not None else None
-            if plan is None:
-                return False
-            conn.apply_one(plan, data)
-            return True
-        commands = [first, *iter(reader.gets, False)] if first is not False else []
-    except (TypeError, AttributeError):  # not an array of bulk strings
-        conn.raw_requests = hiredis.Reader()
-        return False
+        commands = list(iter(reader.gets, False))
     except Exception:  # hiredis refused it: the general path words Redis's error
-        conn.raw_requests = hiredis.Reader()
-        return False
-    if reader.has_data() or not commands:
+        commands = []
+    if not commands or not _whole(reader):
         conn.raw_requests = hiredis.Reader()
         return False
     plans: list[Plan] = []
@@ -174,7 +209,10 @@ def requests(conn: ClientConnection, data: bytes) -> bool:
             plans.append(plan)
     except (TypeError, AttributeError):  # not an array of bulk strings
         return False
-    conn.apply(plans, commands, data)
+    if len(plans) == 1:  # pipeline depth 1: most traffic
+        conn.apply_one(plans[0], data)
+    else:
+        conn.apply(plans, commands, data)
     return True
 
 
@@ -184,22 +222,20 @@ def replies(conn: ClientConnection, data: bytes) -> bool:
     reader.feed(data)
     pending = conn.pending
     try:
-        value = reader.gets()
-        if value is not False and not reader.has_data():  # one whole reply (depth 1)
-            kind = pending[0].__class__
-            if kind is int and value.__class__ is not _ReplyError:
-                pending.popleft()
-                conn.write_replies(data, 1)
-                return True
-            return kind is tuple and _open_one(conn, value)
-        values = [value, *iter(reader.gets, False)] if value is not False else []
+        values = list(iter(reader.gets, False))
     except Exception:
-        conn.raw_replies = hiredis.Reader()
-        return False
+        values = []
     count = len(values)
-    if reader.has_data() or not count or count > len(pending):
+    if not count or count > len(pending) or not _whole(reader):
         conn.raw_replies = hiredis.Reader()
         return False
+    if count == 1:  # one whole reply (depth 1)
+        kind = pending[0].__class__
+        if kind is int and values[0].__class__ is not _ReplyError:
+            pending.popleft()
+            conn.write_replies(data, 1)
+            return True
+        return kind is tuple and _open_one(conn, values[0])
     first = pending[0].__class__
     if first is int:
         for i in range(count):
@@ -214,8 +250,6 @@ def replies(conn: ClientConnection, data: bytes) -> bool:
         return True
     if first is not tuple:
         return False
-    if count == 1:
-        return _open_one(conn, values[0])
     return _open_strings(conn, values, count)
 
 

@@ -59,6 +59,9 @@ class RespServer:
         self.cipher = Cipher(self.values, ctx.metrics, ctx.audit)
         self.dispatch = Dispatcher(table or Table(), self.cipher)
         self.fast = fast.build(self.dispatch.table, self.cipher)
+        self.chunk_requests, self.chunk_replies = fast.chunk_functions(
+            self.dispatch.table, self.cipher
+        )
         self.set_idx = self.dispatch.table.rows["set"].index
         self.loop = asyncio.get_running_loop()
         self.durations = ctx.metrics.hot.durations["resp"]
