@@ -23,7 +23,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from libc.stdio cimport snprintf
-from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 cdef enum:
     MAX_DEPTH = 32
@@ -36,15 +36,16 @@ cdef const char* MAGIC = b"\xc1\xf5\x56"
 
 
 cdef inline Py_ssize_t _number(const char* p, Py_ssize_t pos, Py_ssize_t end,
-                               Py_ssize_t* out) noexcept:
-    """Canonical decimal digits from ``pos`` up to ``\\r\\n``; the position after it, or -1."""
+                               Py_ssize_t* out, Py_ssize_t digits=10) noexcept:
+    """Canonical decimal digits (at most ``digits``) from ``pos`` up to ``\\r\\n``; the
+    position after it, or -1."""
     cdef Py_ssize_t start = pos, n = 0
     cdef char c
     while pos < end:
         c = p[pos]
         if c == 13:  # \r
             break
-        if c < 48 or c > 57 or pos - start >= 10:
+        if c < 48 or c > 57 or pos - start >= digits:
             return -1
         n = n * 10 + (c - 48)
         pos += 1
@@ -75,17 +76,24 @@ cdef Py_ssize_t _reply(const char* p, Py_ssize_t pos, Py_ssize_t end, int depth,
     """The end of the one whole RESP2 reply at ``pos``, or -1 (incomplete or not RESP2).
     ``error``: the reply is a top-level error."""
     cdef char c
-    cdef const char* cr
     cdef Py_ssize_t n, i, length
     if pos >= end or depth > MAX_DEPTH:
         return -1
     c = p[pos]
-    if c == 43 or c == 58 or c == 45:  # + : -
-        cr = <const char*>memchr(p + pos, 13, end - pos)
-        if cr == NULL:
+    if c == 58:  # :  an optional minus, then canonical digits (at most 18, so no overflow;
+        # longer ones go to the general path), never -0
+        i = pos + 1
+        if i < end and p[i] == 45:
+            i += 1
+        n = _number(p, i, end, &length, 18)
+        if n < 0 or (p[i] == 48 and i > pos + 1):
             return -1
-        n = cr - p
-        if n + 1 >= end or p[n + 1] != 10:
+        return n
+    if c == 43 or c == 45:  # + -  a line with neither \r nor \n inside (as hiredis checks)
+        n = pos + 1
+        while n < end and p[n] != 13 and p[n] != 10:
+            n += 1
+        if n + 1 >= end or p[n] != 13 or p[n + 1] != 10:
             return -1
         if c == 45 and depth == 0:
             error[0] = True

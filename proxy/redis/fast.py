@@ -169,6 +169,15 @@ def _set(keys: dict[bytes, Any], idx: int, cipher: Cipher) -> Planner:
 _PROBE: Final = b"+\r\n"
 
 
+def _all(reader: Any) -> list[Any]:
+    """Every complete value in ``reader``. Not ``iter(reader.gets, False)``: that sentinel
+    compares with ``==``, and an integer reply ``0`` equals ``False``."""
+    values = []
+    while (value := reader.gets()) is not False:
+        values.append(value)
+    return values
+
+
 def _whole(reader: Any) -> bool:
     """Whether ``reader`` (every complete value taken) holds no partial value.
 
@@ -193,7 +202,7 @@ def requests(conn: ClientConnection, data: bytes) -> bool:
     planners = conn.fast
     assert planners is not None
     try:
-        commands = list(iter(reader.gets, False))
+        commands = _all(reader)
     except Exception:  # hiredis refused it: the general path words Redis's error
         commands = []
     if not commands or not _whole(reader):
@@ -222,7 +231,7 @@ def replies(conn: ClientConnection, data: bytes) -> bool:
     reader.feed(data)
     pending = conn.pending
     try:
-        values = list(iter(reader.gets, False))
+        values = _all(reader)
     except Exception:
         values = []
     count = len(values)

@@ -227,6 +227,8 @@ async def test_fast_and_general_paths_answer_alike(pair: Pair) -> None:
         # split by 5: ":1\r\n:" -- hiredis has consumed the second reply's type byte and
         # reports no data left; the chunk is not whole (and the next goes to the general path)
         (cmd(b"EXISTS", b"k1") + cmd(b"EXISTS", b"k2") + cmd(b"GET", b"fresh"), 3),
+        # an integer reply 0 is a reply (``iter(reader.gets, False)`` would stop at it)
+        (cmd(b"EXISTS", b"k1") + cmd(b"EXISTS", b"plain:none") + cmd(b"GET", b"k1"), 3),
     ]
     for request, count in cases:
         for split in (0, 1, 5, 7):
@@ -261,7 +263,10 @@ _COMMANDS = st.one_of(
     st.tuples(st.sampled_from([b"GET", b"get", b"Get"]), st.sampled_from([*_KEYS, b"plain:a"])),
     st.tuples(st.sampled_from([b"SET", b"set"]), st.sampled_from([*_KEYS, b"plain:b"]), _VALUES),
     st.tuples(st.just(b"GET"), st.binary(min_size=1, max_size=8).map(lambda k: b"new:" + k)),
-    st.tuples(st.sampled_from([b"EXISTS", b"TTL", b"TYPE", b"exists"]), st.sampled_from(_KEYS)),
+    st.tuples(
+        st.sampled_from([b"EXISTS", b"TTL", b"TYPE", b"exists"]),
+        st.sampled_from([*_KEYS, b"plain:none"]),
+    ),
     st.tuples(st.sampled_from([b"INCR", b"STRLEN", b"APPEND"]), st.just(b"plain:n")).map(
         lambda c: c + ((b"1",) if c[0] == b"APPEND" else ())
     ),
