@@ -164,6 +164,10 @@ cdef class Chunks:
     cdef bytes last_header
     cdef object last_aead
     cdef object last_version
+    # the string context of the last namespace state seen (a keyring change builds new states;
+    # a lookup by ``Role``, an IntEnum, hashes in Python)
+    cdef object last_ns
+    cdef object last_context
 
     def __init__(self, dict keys, dict specs, get_idx, set_idx, cipher, string):
         self.keys, self.specs = keys, specs
@@ -171,6 +175,13 @@ cdef class Chunks:
         self.cipher, self.string = cipher, string
         self.last_opener = None
         self.last_header = b""
+        self.last_ns = None
+
+    cdef inline object _context(self, ns):
+        if ns is not self.last_ns:
+            self.last_context = ns.contexts[self.string]
+            self.last_ns = ns
+        return self.last_context
 
     def requests(self, conn, bytes data):
         """Plans and forwards a chunk of whole, simple commands; False: the general path's."""
@@ -232,7 +243,7 @@ cdef class Chunks:
                 if sealer is None:
                     return False  # stale keyring: the general path answers the error
                 sealed = sealer.seal(PyBytes_FromStringAndSize(p + value_at, value_len),
-                                     ns.contexts[self.string])
+                                     self._context(ns))
                 if pieces is None:
                     pieces = []
                 if copied < start:
@@ -298,7 +309,9 @@ cdef class Chunks:
                     if at < 0:
                         return False
                     if opener is None:
-                        opener = cipher.opener()
+                        opener = cipher._opener  # Cipher.opener() without the call
+                        if opener is None:
+                            opener = cipher.opener()
                     try:
                         plain, version = self._open(opener, item, p + at, length)
                     except Exception:
@@ -321,7 +334,9 @@ cdef class Chunks:
             count += 1
         # taken
         if versions is not None:
-            cipher.count_decrypts(versions)
+            decrypts = cipher.decrypts  # Cipher.count_decrypts, inlined
+            for version in versions:
+                decrypts[version] += 1
             on_stale = cipher.on_stale
             if stale and on_stale is not None:
                 for key in stale:
@@ -361,10 +376,10 @@ cdef class Chunks:
             memcpy(PyBytes_AS_STRING(nonce) + 8, value + HEADER_END, 4)
             plain = self.last_aead.decrypt(
                 nonce, PyBytes_FromStringAndSize(value + NONCE_END, length - NONCE_END),
-                ns.contexts[self.string],
+                self._context(ns),
             )
             return plain, self.last_version
         stored = PyBytes_FromStringAndSize(value, length)
         if length >= 3 and memcmp(value, MAGIC, 3) == 0:
-            return opener.open(stored, ns.contexts[self.string])
+            return opener.open(stored, self._context(ns))
         return self.cipher.open_string(info, stored, item[1]), None

@@ -100,6 +100,11 @@ class RespServer:
         sock = self._server.sockets[0].getsockname()
         self.address = (str(sock[0]), int(sock[1]))
         self._timer = asyncio.ensure_future(self._tick())
+        if self.chunk_requests is fast.requests:
+            log.warning(
+                "resp fast path: Python (veil was installed without a C compiler, so "
+                "proxy/redis/_fastc.pyx was not built): same behaviour, more CPU per command"
+            )
         return self
 
     async def bind_guard(self, host: str) -> None:
