@@ -3,11 +3,13 @@
     python3 bench/redis_inprocess.py [--rounds 7]
 
 ``bench/redis_proxy.py`` measures what clients see; on two shared cores most of that is kernel
-time, the same for every proxy. This script isolates the interpreter work: one veil
+time, the same for every proxy. This script isolates the proxy's own work: one veil
 ``ClientConnection`` (a real listener's, built by ``App``) is fed GET and SET chunks at pipeline
-depth 1 and 16 and answered with the replies Redis would send, its transports replaced by sinks;
-the floor proxy's request and reply logic (hiredis parse, AES-GCM, re-encode) gets the same
-chunks. It prints microseconds per command, best of ``--rounds``.
+depth 1 and 16 and answered with the replies Redis would send, its transports replaced by sinks,
+once with the compiled chunk functions (``proxy/redis/_fastc.pyx``, as installed) and once with
+the Python ones (``proxy/redis/fast.py``); the floor proxy's request and reply logic (hiredis
+parse, AES-GCM, re-encode) gets the same chunks. It prints microseconds per command, best of
+``--rounds``.
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ def per_command(step: Callable[[], None], depth: int, n: int, rounds: int) -> fl
     return best
 
 
-async def veil(rounds: int) -> dict[tuple[int, str], float]:
+async def veil(rounds: int) -> dict[tuple[int, str, str], float]:
     from proxy.app import App
+    from proxy.redis import fast
     from proxy.redis.connection import ClientConnection
     from tests.servers import init_keyring, veil_settings
 
@@ -109,8 +112,14 @@ async def veil(rounds: int) -> dict[tuple[int, str], float]:
             conn.data_received(sq)
             conn.upstream_data(sr)
 
-        out[(depth, "GET")] = per_command(get, depth, n, rounds)
-        out[(depth, "SET")] = per_command(set_, depth, n, rounds)
+        for path in ("compiled", "python"):
+            compiled = fast.chunk_functions(server.dispatch.table, server.cipher, native=True)
+            if path == "compiled" and compiled[0] is fast.requests:
+                continue  # installed without a C compiler
+            functions = compiled if path == "compiled" else (fast.requests, fast.replies)
+            conn.chunk_requests, conn.chunk_replies = functions
+            out[(depth, "GET", path)] = per_command(get, depth, n, rounds)
+            out[(depth, "SET", path)] = per_command(set_, depth, n, rounds)
     await app.stop(grace=0.1)
     return out
 
@@ -152,11 +161,13 @@ def main() -> int:
     except ImportError:
         ours = asyncio.run(veil(args.rounds))
     theirs = floor(args.rounds)
-    print(f"\n{'case':<16}{'veil us/cmd':>12}{'floor us/cmd':>14}{'veil/floor cost':>17}")
+    print(f"\n{'case':<16}{'veil us/cmd':>12}{'python path':>13}{'floor us/cmd':>14}"
+          f"{'veil/floor cost':>17}")  # fmt: skip
     for depth in (1, 16):
         for cmd in ("GET", "SET"):
-            v, f = ours[(depth, cmd)], theirs[(depth, cmd)]
-            print(f"{cmd + ' depth ' + str(depth):<16}{v:>12.2f}{f:>14.2f}{v / f:>17.2f}")
+            v = ours.get((depth, cmd, "compiled"), float("nan"))
+            p, f = ours[(depth, cmd, "python")], theirs[(depth, cmd)]
+            print(f"{cmd + ' depth ' + str(depth):<16}{v:>12.2f}{p:>13.2f}{f:>14.2f}{v / f:>17.2f}")
     return 0
 
 
