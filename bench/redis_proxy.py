@@ -3,11 +3,11 @@
     python3 bench/redis_proxy.py [--requests 200000] [--rounds 3] [--clients 50]
 
 One invocation starts its own ``redis-server``, ``veil serve`` (a subprocess on uvloop, every
-key encrypted) and the *floor proxy* below, then runs ``redis-benchmark -t set,get`` with 50
-clients at pipeline depth 1 and 16 and values of 100 B and 4 KiB against each target, in
-rounds (round-robin, best round kept: the benchmark, Redis and the proxy share two cores with
-whatever else runs here). It prints ops/s, p50 and p99 per case, the ratios veil/floor and
-veil/direct, and the CPU veil spent per command (from ``/proc/<pid>/stat``).
+key encrypted), the *floor proxy* and the *byte forwarder* below, then runs ``redis-benchmark
+-t set,get`` with 50 clients at pipeline depth 1 and 16 and values of 100 B and 4 KiB against
+each target, in rounds (round-robin, best round kept: the benchmark, Redis and the proxy share
+two cores with whatever else runs here). It prints ops/s, p50 and p99 per case, the ratios
+veil/floor and veil/direct, and the CPU veil spent per command (from ``/proc/<pid>/stat``).
 
 The floor proxy is the least a RESP encrypting proxy can do (PERF-NOTES' "hiredis parse +
 AES-GCM encrypt/decrypt, nothing else"): uvloop, ``asyncio.Protocol``, ``hiredis.Reader`` in
@@ -17,6 +17,11 @@ plus counter nonce on SET values and GET replies, one write per batch. It knows 
 GET, checks no policy, binds no context, keeps no metrics: the ceiling veil is measured against
 ("veil >= 90% of the floor"). veil forwards unchanged commands and replies as received (its
 fast path and the codec's ``keep_raw``), which the floor cannot do without offsets.
+
+A fourth target, ``forward``, is a byte forwarder (uvloop, no parsing, no crypto): not
+something veil is measured against, but the reference for the targets relative to direct
+Redis -- what any proxy in this process model reaches on this machine (its ratio and p99
+multiple against direct are printed beside veil's).
 
 Each target gets its own database (``--dbnum``) so that GETs read what that target's SETs wrote.
 """
@@ -42,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 CASES = [(1, 100), (16, 100), (1, 4096), (16, 4096)]
-TARGETS = ("direct", "veil", "floor")
+TARGETS = ("direct", "veil", "floor", "forward")
 
 
 # --- the floor proxy -------------------------------------------------------------------------
@@ -105,23 +110,29 @@ def floor_key() -> tuple[Any, bytes, Iterator[int]]:
     return AESGCM(AESGCM.generate_key(bit_length=256)), os.urandom(4), iter(range(1 << 62))
 
 
-def run_floor(listen: int, upstream: int) -> None:
-    """Runs the floor proxy until killed (``--floor LISTEN UPSTREAM``)."""
+def run_proxy(listen: int, upstream: int, floor: bool) -> None:
+    """Runs the floor proxy (``--floor LISTEN UPSTREAM``) or the byte forwarder (``--forward
+    LISTEN UPSTREAM``: bytes passed on as read, no parsing, no crypto) until killed.
+
+    The forwarder is not a target for veil: it is the reference for what any proxy in this
+    process model costs (PERF-NOTES' "byte forwarder"), against which the targets relative to
+    direct Redis can be read."""
     import uvloop
 
-    key = floor_key()
+    key = floor_key() if floor else None
 
     class Up(asyncio.Protocol):
         def __init__(self, client: Client) -> None:
             self.client = client
 
         def data_received(self, data: bytes) -> None:
-            self.client.transport.write(self.client.codec.reply(data))
+            codec = self.client.codec
+            self.client.transport.write(data if codec is None else codec.reply(data))
 
     class Client(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.transport = transport  # type: ignore[assignment]
-            self.codec = FloorConnection(*key)
+            self.codec = FloorConnection(*key) if key is not None else None
             self.up: asyncio.Transport | None = None
             self.queue: list[bytes] = []
             self.connecting = asyncio.ensure_future(self.connect())
@@ -133,7 +144,8 @@ def run_floor(listen: int, upstream: int) -> None:
                 self.up.write(b"".join(self.queue))
 
         def data_received(self, data: bytes) -> None:
-            data = self.codec.request(data)
+            if self.codec is not None:
+                data = self.codec.request(data)
             if self.up is None:
                 self.queue.append(data)
             else:
@@ -243,15 +255,16 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--only", nargs="*", help="cases as DEPTH/SIZE, e.g. 16/100")
     parser.add_argument("--floor", nargs=2, type=int, metavar=("LISTEN", "UPSTREAM"))
+    parser.add_argument("--forward", nargs=2, type=int, metavar=("LISTEN", "UPSTREAM"))
     args = parser.parse_args()
-    if args.floor:
-        run_floor(*args.floor)
+    if args.floor or args.forward:
+        run_proxy(*(args.floor or args.forward), floor=bool(args.floor))
         return 0
     if shutil.which("redis-benchmark") is None or shutil.which("redis-server") is None:
         print("redis-server and redis-benchmark are needed (apt-get install redis-server)")
         return 2
     work = Path(tempfile.mkdtemp(prefix="veil-bench-"))
-    ports = {"direct": free_port(), "veil": free_port(), "floor": free_port()}
+    ports = {target: free_port() for target in TARGETS}
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(start_redis(work, ports["direct"]))
@@ -261,8 +274,14 @@ def main() -> int:
             [sys.executable, __file__, "--floor", str(ports["floor"]), str(ports["direct"])]
         )
         procs.append(floor)
+        forward = subprocess.Popen(
+            [sys.executable, __file__, "--forward", str(ports["forward"]), str(ports["direct"])]
+        )
+        procs.append(forward)
         wait_port(ports["floor"])
-        results = run_rounds(args, ports, {"veil": veil.pid, "floor": floor.pid})
+        wait_port(ports["forward"])
+        pids = {"veil": veil.pid, "floor": floor.pid, "forward": forward.pid}
+        results = run_rounds(args, ports, pids)
         report(results, args)
     finally:
         stop_all(procs, work)
@@ -306,14 +325,21 @@ def report(results: dict[Key, Result], args: argparse.Namespace) -> None:
             direct = results[("direct", depth, size, test)]
             floor = results[("floor", depth, size, test)]
             veil = results[("veil", depth, size, test)]
-            for target, r in (("direct", direct), ("floor", floor), ("veil", veil)):
+            forward = results[("forward", depth, size, test)]
+            rows = (("direct", direct), ("forward", forward), ("floor", floor), ("veil", veil))
+            for target, r in rows:
                 extra = f"{r.cpu_us:>10.1f}" if r.cpu_us is not None else " " * 10
                 if target == "veil":
-                    extra += (f"{r.rps / floor.rps:>11.2f}{r.rps / direct.rps:>12.2f}"
-                              f"{r.p99 / direct.p99:>7.2f}")  # fmt: skip
+                    extra += f"{r.rps / floor.rps:>11.2f}"
+                elif target == "forward":
+                    extra += " " * 11
+                if target in ("veil", "forward"):
+                    extra += f"{r.rps / direct.rps:>12.2f}{r.p99 / direct.p99:>7.2f}"
                 print(f"{case:<22}{target:<8}{r.rps:>10.0f}{r.p50:>8.3f}{r.p99:>8.3f}{extra}")
     print("\ntargets: veil/floor >= 0.90; veil/direct >= 0.50 at P1 and >= 0.18 at P16 (100 B); "
           "p99 at P1 <= 3x direct")  # fmt: skip
+    print("forward: a byte forwarder (no parsing, no crypto): what any proxy of this process "
+          "model reaches against direct Redis on this machine")  # fmt: skip
 
 
 if __name__ == "__main__":
