@@ -26,6 +26,7 @@ byte of garbage.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -38,6 +39,7 @@ from protocols.s3.body import BodyReader, BodyResult
 from protocols.s3.errors import S3Error
 from proxy.crypto.objects import DataKey, PartEncryptor, RangeDecryptor
 from proxy.errors import VeilError
+from proxy.s3.body_takeover import upstream_chunks
 from proxy.s3.context import Call
 from proxy.s3.headers import is_checksum_header
 
@@ -164,18 +166,12 @@ async def decrypted_batches(
 ) -> AsyncIterator[list[bytes]]:
     """The plaintext segments of an upstream body, one non-empty list per received chunk;
     raises DecryptFailure, or S3Error when the upstream connection breaks."""
-    content = upstream.content
     try:
-        while True:
-            try:
-                chunk, _ = await content.readchunk()
-            except (aiohttp.ClientError, ConnectionError):
-                raise S3Error("InternalError", "veil: upstream S3 connection broke") from None
-            if not chunk:
-                break
-            out = decryptor.feed(chunk)
-            if out:
-                yield out
+        async with contextlib.aclosing(upstream_chunks(upstream)) as chunks:
+            async for chunk in chunks:
+                out = decryptor.feed(chunk)  # keeps no reference to ``chunk``
+                if out:
+                    yield out
         decryptor.finish()
     except VeilError as e:
         raise DecryptFailure(e) from None

@@ -61,6 +61,9 @@ _STATUS_CODES = {
 }
 
 
+SOCK_READ = 300.0  # seconds a response may go without bringing a byte
+
+
 def unavailable(what: str = "upstream S3 unreachable") -> S3Error:
     return S3Error("ServiceUnavailable", f"veil: {what}")
 
@@ -155,7 +158,7 @@ class Upstream:
                 connector=connector,
                 auto_decompress=False,
                 skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent"),
-                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=300),
+                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=SOCK_READ),
                 read_bufsize=256 * 1024,
             )
         return self._session
