@@ -54,12 +54,13 @@ async def client_chunks(request: web.BaseRequest) -> AsyncIterator[bytes]:
     content = request.content
     while True:
         try:
-            chunk, _ = await content.readchunk()  # one received chunk, never a joined copy
+            chunk, chunk_end = await content.readchunk()  # one received chunk, never joined
         except (aiohttp.ClientError, ConnectionError):
             return
-        if not chunk:
+        if chunk:
+            yield chunk
+        elif not chunk_end:  # (b"", True) only marks the end of an HTTP chunk
             return
-        yield chunk
 
 
 class SealedUpload:

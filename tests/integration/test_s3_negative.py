@@ -582,9 +582,11 @@ def test_wrong_content_md5_on_upload_part(client: Any, direct: Any, bucket: str)
 
 
 def _chunked_put(
-    veil: VeilThread, path: str, data: bytes, mode: str, tamper: str
+    veil: VeilThread, path: str, data: bytes, mode: str, tamper: str, http_chunks: int = 0
 ) -> tuple[int, bytes]:
-    """An aws-chunked PUT of ``data`` with a CRC32 trailer, broken as ``tamper`` says."""
+    """An aws-chunked PUT of ``data`` with a CRC32 trailer, broken as ``tamper`` says; with
+    ``http_chunks``, sent with ``Transfer-Encoding: chunked`` in HTTP chunks of that size (as
+    SDKs streaming a body of unknown length do) instead of a ``Content-Length``."""
     import zlib
 
     host, port = veil.address()
@@ -619,10 +621,22 @@ def _chunked_put(
     payload = body + end
     conn = http.client.HTTPConnection(host, port, timeout=60)
     conn.putrequest("PUT", path, skip_host=True, skip_accept_encoding=True)
-    for name, value in [*headers, *signed.headers, ("content-length", str(len(payload)))]:
+    framing = (
+        ("transfer-encoding", "chunked") if http_chunks else ("content-length", str(len(payload)))
+    )
+    for name, value in [*headers, *signed.headers, framing]:
         conn.putheader(name, value)
     conn.endheaders()
-    conn.send(payload)
+    if http_chunks:
+        for i in range(0, len(payload), http_chunks):
+            piece = payload[i : i + http_chunks]
+            conn.send(b"%x\r\n%s" % (len(piece), piece))
+            if i == 0:  # veil reads the chunk's data before the chunk's end arrives
+                time.sleep(0.2)
+            conn.send(b"\r\n")
+        conn.send(b"0\r\n\r\n")
+    else:
+        conn.send(payload)
     response = conn.getresponse()
     answer = response.read()
     conn.close()
@@ -663,3 +677,18 @@ def test_streamed_body_refused_at_its_end(
     assert error in answer
     assert stored(direct, bucket, "end")[1] == before
     assert client.get_object(Bucket=bucket, Key="end")["Body"].read() == b"previous version"
+
+
+@pytest.mark.parametrize("http_chunks", [1000, 300_000])
+def test_streamed_body_in_http_chunks_is_stored_whole(
+    veil_s3: VeilThread, client: Any, direct: Any, bucket: str, http_chunks: int
+) -> None:
+    """``Transfer-Encoding: chunked`` under aws-chunked: every HTTP chunk boundary is only a
+    boundary (aiohttp marks each with an empty read), never the end of the body."""
+    data = os.urandom(3 * MiB + 5)
+    got, answer = _chunked_put(
+        veil_s3, f"/{bucket}/te", data, "STREAMING-UNSIGNED-PAYLOAD-TRAILER", "none", http_chunks
+    )
+    assert got == 200, answer
+    assert client.get_object(Bucket=bucket, Key="te")["Body"].read() == data
+    assert data[:64] not in stored(direct, bucket, "te")[1]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -12,21 +14,31 @@ import pytest
 from protocols.s3.errors import S3Error
 from proxy.s3 import body_takeover
 from proxy.s3.body_takeover import upstream_chunks
+from tests.vectors.s3_make_vectors import _self_signed
 
 Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
 
 
-async def _collect(script: Script) -> tuple[bytes, bool]:
+async def _collect(script: Script, tls: Path | None = None) -> tuple[bytes, bool]:
     """The body ``upstream_chunks`` yields for the response ``script`` writes, and whether the
-    take-over was used."""
+    take-over was used; with ``tls`` (a directory for a self-signed certificate), over HTTPS
+    as real S3 is."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await reader.readline() not in (b"\r\n", b""):
             pass
         await script(writer)
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server_tls = client_tls = None
+    if tls is not None:
+        cert, key = _self_signed(tls)
+        server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_tls.load_cert_chain(cert, key)
+        client_tls = ssl.create_default_context(cafile=str(cert))
+        client_tls.check_hostname = False
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_tls)
     port = server.sockets[0].getsockname()[1]
+    scheme = "https" if tls is not None else "http"
     used: list[bool] = []
     real = body_takeover._BodyProtocol
 
@@ -38,7 +50,7 @@ async def _collect(script: Script) -> tuple[bytes, bool]:
     body_takeover._BodyProtocol = Spy  # type: ignore[misc]
     try:
         async with aiohttp.ClientSession(read_bufsize=64 * 1024) as session:
-            resp = await session.get(f"http://127.0.0.1:{port}/")
+            resp = await session.get(f"{scheme}://127.0.0.1:{port}/", ssl=client_tls or True)
             out = bytearray()
             try:
                 async for chunk in upstream_chunks(resp):
@@ -142,3 +154,29 @@ def test_chunked_body_stays_with_aiohttp() -> None:
 
     got, used = asyncio.run(_collect(script))
     assert not used and got == body
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_tls_upstream_is_taken_over_byte_exact(tmp_path: Path, loop: str) -> None:
+    """Real S3 is HTTPS: the take-over swaps the protocol under the TLS transport, whose
+    records are decrypted into the buffer (asyncio's and uvloop's TLS alike)."""
+    body = os.urandom(body_takeover.TAKE_OVER_MIN + 2 * body_takeover.BUFFER + 999)
+    run = asyncio.run
+    if loop == "uvloop":
+        import uvloop
+
+        run = uvloop.run
+    got, used = run(_collect(_pieces(body, 300_000, pause=0.0005), tls=tmp_path))
+    assert used and got == body
+
+
+def test_tls_upstream_ending_early_fails_closed(tmp_path: Path) -> None:
+    body = os.urandom(body_takeover.TAKE_OVER_MIN + 1000)
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(_head(len(body)) + body[:-10])
+        await writer.drain()
+        writer.close()
+
+    with pytest.raises(S3Error):
+        asyncio.run(_collect(script, tls=tmp_path))
