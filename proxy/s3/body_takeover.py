@@ -171,5 +171,7 @@ async def _aiohttp_chunks(upstream: aiohttp.ClientResponse) -> AsyncIterator[byt
             raise _broke() from None
         if chunk:
             yield chunk
-        elif not chunk_end:  # (b"", True) only marks the end of an HTTP chunk
+        elif not chunk_end or content.at_eof():
+            # (b"", True) mid-body only marks the end of an HTTP chunk; at the end of the body
+            # aiohttp's empty reader answers (b"", True) forever after its first (b"", False)
             return

@@ -59,7 +59,9 @@ async def client_chunks(request: web.BaseRequest) -> AsyncIterator[bytes]:
             return
         if chunk:
             yield chunk
-        elif not chunk_end:  # (b"", True) only marks the end of an HTTP chunk
+        elif not chunk_end or content.at_eof():
+            # (b"", True) mid-body only marks the end of an HTTP chunk; at the end of the body
+            # aiohttp's empty reader answers (b"", True) forever after its first (b"", False)
             return
 
 
