@@ -35,6 +35,18 @@ Replies are taken here when every reply in the chunk is complete and answers a p
 unchanged (the chunk is forwarded as received, unless it holds an error, which the general
 path counts and screens for cluster redirections) or all GETs of encrypted keys (each opened
 and re-encoded; a failure sends the chunk to the general path, which words the error).
+
+"Complete" needs care with hiredis: it consumes a value's type byte (and an array's header)
+before the rest arrives while ``has_data()`` reports nothing left (``_whole`` probes), and
+``iter(reader.gets, False)`` would stop at an integer reply ``0`` (``_all``).
+
+Compiled
+--------
+``proxy/redis/_fastc.pyx`` does the same on whole chunks without the interpreter's
+per-command cost, parsing the bytes in place (and taking mixed chunks of unchanged and opened
+replies, which this module leaves to the general path). ``chunk_functions`` picks it when the
+package was built with it; this module is then the reference it is tested against and the
+fallback for an install without a C compiler.
 """
 
 from __future__ import annotations
