@@ -61,6 +61,26 @@ class Sink:
         pass
 
 
+def steps(
+    get_reply: bytes, request: Callable[[bytes], object], reply: Callable[[bytes], object]
+) -> list[tuple[tuple[int, str], tuple[Callable[[], None], int]]]:
+    """``((depth, "GET"|"SET"), (step, n))``: a step sends one chunk of ``depth`` commands
+    through ``request`` and answers it through ``reply``; ``n`` steps make a measurement."""
+    out = []
+    for depth in (1, 16):
+        for cmd, chunk, answer in (
+            ("GET", GET * depth, get_reply * depth),
+            ("SET", SET * depth, b"+OK\r\n" * depth),
+        ):
+
+            def step(chunk: bytes = chunk, answer: bytes = answer) -> None:
+                request(chunk)
+                reply(answer)
+
+            out.append(((depth, cmd), (step, 50_000 // depth)))
+    return out
+
+
 def per_command(step: Callable[[], None], depth: int, n: int, rounds: int) -> float:
     best = float("inf")
     for _ in range(rounds):
@@ -99,27 +119,14 @@ async def veil(rounds: int) -> dict[tuple[int, str, str], float]:
     sealed = reader.gets()[2]
     get_reply = b"$%d\r\n%s\r\n" % (len(sealed), sealed)
     out = {}
-    for depth in (1, 16):
-        n = 50_000 // depth
-        gq, gr = GET * depth, get_reply * depth
-        sq, sr = SET * depth, b"+OK\r\n" * depth
-
-        def get(gq: bytes = gq, gr: bytes = gr) -> None:
-            conn.data_received(gq)
-            conn.upstream_data(gr)
-
-        def set_(sq: bytes = sq, sr: bytes = sr) -> None:
-            conn.data_received(sq)
-            conn.upstream_data(sr)
-
-        for path in ("compiled", "python"):
-            compiled = fast.chunk_functions(server.dispatch.table, server.cipher, native=True)
-            if path == "compiled" and compiled[0] is fast.requests:
-                continue  # installed without a C compiler
-            functions = compiled if path == "compiled" else (fast.requests, fast.replies)
-            conn.chunk_requests, conn.chunk_replies = functions
-            out[(depth, "GET", path)] = per_command(get, depth, n, rounds)
-            out[(depth, "SET", path)] = per_command(set_, depth, n, rounds)
+    compiled = fast.chunk_functions(server.dispatch.table, server.cipher, native=True)
+    paths = {"compiled": compiled, "python": (fast.requests, fast.replies)}
+    if compiled[0] is fast.requests:
+        del paths["compiled"]  # installed without a C compiler
+    for path, functions in paths.items():
+        conn.chunk_requests, conn.chunk_replies = functions
+        for (depth, cmd), (step, n) in steps(get_reply, conn.data_received, conn.upstream_data):
+            out[(depth, cmd, path)] = per_command(step, depth, n, rounds)
     await app.stop(grace=0.1)
     return out
 
@@ -131,23 +138,8 @@ def floor(rounds: int) -> dict[tuple[int, str], float]:
     conn = FloorConnection(*floor_key())
     sealed = conn.seal(b"x" * 100)
     get_reply = b"$%d\r\n%s\r\n" % (len(sealed), sealed)
-    out = {}
-    for depth in (1, 16):
-        n = 50_000 // depth
-        gq, gr = GET * depth, get_reply * depth
-        sq, sr = SET * depth, b"+OK\r\n" * depth
-
-        def get(gq: bytes = gq, gr: bytes = gr) -> None:
-            conn.request(gq)
-            conn.reply(gr)
-
-        def set_(sq: bytes = sq, sr: bytes = sr) -> None:
-            conn.request(sq)
-            conn.reply(sr)
-
-        out[(depth, "GET")] = per_command(get, depth, n, rounds)
-        out[(depth, "SET")] = per_command(set_, depth, n, rounds)
-    return out
+    steps_ = steps(get_reply, conn.request, conn.reply)
+    return {case: per_command(step, case[0], n, rounds) for case, (step, n) in steps_}
 
 
 def main() -> int:
